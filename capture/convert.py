@@ -19,17 +19,21 @@ def yuyv_to_bgr(yuyv: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(yuyv, cv2.COLOR_YUV2BGR_YUYV)
 
 
+# BT.601 studio-range RGB -> YCbCr (rows Y, Cb, Cr; columns R, G, B on 0..255): the inverse of what
+# OpenCV's COLOR_YUV2BGR_YUYV decodes (its full-range COLOR_BGR2YUV is not).
+_RGB_TO_YCBCR = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255.0
+
+
 def bgr_to_yuyv(bgr: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 BGR with even W -> (H, W, 2) uint8 YUYV; chroma averaged over pixel pairs."""
     if bgr.shape[1] % 2:
         raise ValueError(f"YUYV needs an even width, got {bgr.shape[1]}")
-    yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV).astype(np.float32)
+    ycc = bgr[..., ::-1].astype(np.float32) @ _RGB_TO_YCBCR.T.astype(np.float32)
+    ycc += np.array([16.0, 128.0, 128.0], np.float32)
     out = np.empty(bgr.shape[:2] + (2,), np.uint8)
-    out[..., 0] = np.clip(yuv[..., 0] + 0.5, 0, 255)
-    u = (yuv[:, 0::2, 1] + yuv[:, 1::2, 1]) * 0.5
-    v = (yuv[:, 0::2, 2] + yuv[:, 1::2, 2]) * 0.5
-    out[:, 0::2, 1] = np.clip(u + 0.5, 0, 255)
-    out[:, 1::2, 1] = np.clip(v + 0.5, 0, 255)
+    out[..., 0] = np.clip(ycc[..., 0] + 0.5, 0, 255)
+    out[:, 0::2, 1] = np.clip((ycc[:, 0::2, 1] + ycc[:, 1::2, 1]) * 0.5 + 0.5, 0, 255)
+    out[:, 1::2, 1] = np.clip((ycc[:, 0::2, 2] + ycc[:, 1::2, 2]) * 0.5 + 0.5, 0, 255)
     return out
 
 

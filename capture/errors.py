@@ -19,3 +19,7 @@ class SourceEnded(CaptureError):
 
 class FrameDecodeError(CaptureError):
     """One frame could not be decoded (corrupt packet, bad file). Skip it and count it."""
+
+
+class SourceInvalid(CaptureError):
+    """The source can never work as given (missing file, not a video, unsupported mode). Not retried."""

@@ -1,0 +1,179 @@
+import threading
+import time
+
+import av
+import numpy as np
+import pytest
+
+from capture.errors import DeviceDisconnected, FrameDecodeError, SourceEnded, SourceInvalid, SourceUnavailable
+from capture.frame import PixelFormat
+from capture.ring_buffer import RingBuffer
+from capture.source import Source, SourceInfo
+from capture.video_file import VideoFileConfig, VideoFileSource
+from capture.worker import CaptureState, CaptureWorker, RetryPolicy, wait_until
+from tests.conftest import make_bgr_frame
+
+FAST_RETRY = RetryPolicy(initial_s=0.01, max_s=0.05)
+
+
+class ScriptedCamera(Source):
+    """A camera that follows a script: each entry is 'frame', 'bad' (decode error), 'unplug',
+    'end', or an exception to raise from open(). Counts from 0 again after every reopen, like a
+    real device does."""
+
+    def __init__(self, read_script, open_script=(), period_s=0.0):
+        self.read_script = list(read_script)
+        self.open_script = list(open_script)
+        self.period_s = period_s
+        self.opened = 0
+        self.closed = 0
+        self._seq = 0
+        self.lock = threading.Lock()
+
+    def open(self):
+        if self.open_script:
+            exc = self.open_script.pop(0)
+            if exc is not None:
+                raise exc
+        self.opened += 1
+        self._seq = 0
+
+    def read(self):
+        time.sleep(self.period_s)
+        step = self.read_script.pop(0) if self.read_script else "frame"
+        if step == "bad":
+            raise FrameDecodeError("corrupt packet")
+        if step == "unplug":
+            raise DeviceDisconnected("cable pulled")
+        if step == "end":
+            raise SourceEnded("no more")
+        f = make_bgr_frame(self._seq)
+        self._seq += 1
+        return f
+
+    def close(self):
+        self.closed += 1
+
+    def describe(self):
+        return SourceInfo("scripted", "test", 8, 8, 100.0, PixelFormat.BGR8)
+
+
+def test_runs_until_source_ends(no_leaked_threads):
+    ring = RingBuffer(100)
+    src = ScriptedCamera(["frame"] * 10 + ["end"])
+    w = CaptureWorker(src, ring)
+    w.start()
+    assert w.join(2)
+    st = w.status()
+    assert st.state is CaptureState.ENDED and st.frames == 10
+    assert src.closed == 1
+    assert ring.closed and len(ring) == 10
+
+
+def test_decode_errors_are_skipped_and_counted(no_leaked_threads):
+    ring = RingBuffer(100)
+    w = CaptureWorker(ScriptedCamera(["frame", "bad", "frame", "bad", "frame", "end"]), ring)
+    w.start()
+    w.join(2)
+    st = w.status()
+    assert (st.state, st.frames, st.decode_errors) == (CaptureState.ENDED, 3, 2)
+
+
+def test_unplug_is_retried_with_backoff_and_keeps_captured_frames(no_leaked_threads):
+    ring = RingBuffer(100)
+    gone = SourceUnavailable("no device")
+    src = ScriptedCamera(["frame"] * 5 + ["unplug"] + ["frame"] * 5 + ["end"], open_script=[None, gone, gone, None])
+    states = []
+    w = CaptureWorker(src, ring, retry=FAST_RETRY, on_status=lambda s: states.append(s.state))
+    w.start()
+    assert w.join(3)
+    assert CaptureState.RETRYING in states
+    st = w.status()
+    assert st.state is CaptureState.ENDED and st.frames == 10 and st.reconnects == 1
+    seqs = [f.seq for f in ring.last(100)]
+    assert seqs == sorted(set(seqs)) and len(seqs) == 10, "seq keeps increasing across the reconnect"
+
+
+def test_gives_up_after_max_attempts(no_leaked_threads):
+    w = CaptureWorker(ScriptedCamera([], open_script=[SourceUnavailable("busy")] * 10), RingBuffer(4),
+                      retry=RetryPolicy(0.01, 0.01, max_attempts=3))
+    w.start()
+    assert w.join(2)
+    assert w.status().state is CaptureState.ERROR and "gave up after 3" in w.status().message
+
+
+def test_invalid_source_is_an_error_not_a_retry(no_leaked_threads):
+    w = CaptureWorker(ScriptedCamera([], open_script=[SourceInvalid("no such file")]), RingBuffer(4), retry=FAST_RETRY)
+    w.start()
+    assert w.join(2)
+    assert w.status().state is CaptureState.ERROR and "no such file" in w.status().message
+
+
+def test_stop_is_prompt_while_streaming_and_while_retrying(no_leaked_threads):
+    for src in (ScriptedCamera([], period_s=0.01), ScriptedCamera([], open_script=[SourceUnavailable("x")] * 1000)):
+        w = CaptureWorker(src, RingBuffer(4), retry=RetryPolicy(0.5, 0.5))
+        w.start()
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        assert w.stop(1.0)
+        assert time.monotonic() - t0 < 1.0
+        assert w.status().state in (CaptureState.STOPPED,)
+
+
+def test_start_twice_is_refused():
+    w = CaptureWorker(ScriptedCamera(["end"]), RingBuffer(4))
+    w.start()
+    with pytest.raises(RuntimeError):
+        w.start()
+    w.stop()
+
+
+def _write_video(path, n=12, fps=24, size=(64, 48)):
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("mpeg4", rate=fps)
+        s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(n):
+            img = np.full((size[1], size[0], 3), (i * 20) % 256, np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+
+
+def test_video_file_paced_at_its_frame_rate(tmp_path, no_leaked_threads):
+    path = tmp_path / "clip.mp4"
+    _write_video(path, n=12, fps=24)
+    ring = RingBuffer(64)
+    w = CaptureWorker(VideoFileSource(VideoFileConfig(str(path), paced=True)), ring)
+    t0 = time.monotonic()
+    w.start()
+    assert w.join(3)
+    elapsed = time.monotonic() - t0
+    assert w.status().state is CaptureState.ENDED and w.status().frames == 12
+    assert 11 / 24 * 0.8 < elapsed < 11 / 24 * 2 + 0.5
+    frames = ring.last(64)
+    assert frames[0].pixels.shape == (48, 64, 3)
+    gaps = np.diff([f.t_capture_ns for f in frames]) / 1e9
+    assert abs(np.median(gaps) - 1 / 24) < 0.01
+
+
+def test_video_file_loops_and_fast_mode(tmp_path):
+    path = tmp_path / "clip.mp4"
+    _write_video(path, n=5)
+    src = VideoFileSource(VideoFileConfig(str(path), paced=False, loop=True))
+    src.open()
+    seqs = [src.read().seq for _ in range(13)]
+    src.close()
+    assert seqs == list(range(13))
+    assert src.describe().kind == "video"
+
+
+def test_unreadable_and_missing_video_files_are_named(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"this is not a video" * 100)
+    for path in (bad, tmp_path / "missing.mp4"):
+        w = CaptureWorker(VideoFileSource(VideoFileConfig(str(path))), RingBuffer(4))
+        w.start()
+        assert w.join(3)
+        st = w.status()
+        assert st.state is CaptureState.ERROR and path.name in st.message
