@@ -1,0 +1,174 @@
+"""`eyefuse enhance` on images, folders and videos; refusals; no half-written outputs."""
+from __future__ import annotations
+
+import argparse
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from app import enhance_cmd
+from app.enhance_cmd import EnhanceError, enhance_path
+from engine.processor import BicubicProcessor, ModelError
+from tests.onnx_models import make_weights_dir, nearest_2x
+
+
+def cli(*argv: str) -> int:
+    """Run `eyefuse enhance ...` through its own parser (independent of the other subcommands)."""
+    parser = argparse.ArgumentParser(prog="eyefuse")
+    enhance_cmd.add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["enhance", *argv, "--no-progress", "--threads", "1"])
+    return args.run(args)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return make_weights_dir(tmp_path_factory.mktemp("weights"), ["nearest"])
+
+
+def image(h=9, w=13, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def write_video(path: Path, n=10, fps=12, w=32, h=24, codec="mpeg4") -> list[np.ndarray]:
+    frames = [np.full((h, w, 3), 20 * i, np.uint8) for i in range(n)]
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for f in frames:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f[..., ::-1].copy(), format="rgb24")))
+        c.mux(s.encode(None))
+    return frames
+
+
+def probe(path: Path) -> tuple[int, Fraction, int, int, str]:
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        n = sum(1 for _ in c.decode(s))
+        return n, s.guessed_rate or s.average_rate, s.width, s.height, s.codec_context.name
+
+
+def leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if ".part" in p.name]
+
+
+class FailsAt(BicubicProcessor):
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def enhance(self, frames, timer):
+        self.calls += 1
+        if self.calls > self.at:
+            raise ModelError("synthetic failure")
+        return super().enhance(frames, timer)
+
+
+# -- images --------------------------------------------------------------------------------------
+def test_image_with_model_odd_size(tmp_path, weights, capsys):
+    src, dst = tmp_path / "in.png", tmp_path / "out.png"
+    img = image(9, 13)
+    cv2.imwrite(str(src), img)
+    assert cli(str(src), "-o", str(dst), "--model", "nearest", "--weights", str(weights)) == 0
+    np.testing.assert_array_equal(cv2.imread(str(dst)), nearest_2x(img))
+    assert "wrote" in capsys.readouterr().out and leftovers(tmp_path) == []
+
+
+def test_grey_image_into_a_folder(tmp_path):
+    src = tmp_path / "grey.png"
+    cv2.imwrite(str(src), image(8, 8)[..., 0])
+    (tmp_path / "out").mkdir()
+    assert cli(str(src), "-o", str(tmp_path / "out"), "--model", "bicubic") == 0
+    assert cv2.imread(str(tmp_path / "out" / "grey.png")).shape == (16, 16, 3)
+
+
+def test_folder_of_images_names_the_bad_one(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(src / f"img{i}.png"), image(6, 8 + i, seed=i))
+    (src / "notes.txt").write_text("not an image, ignored")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    assert cli(str(src), "-o", str(tmp_path / "out"), "--model", "bicubic") == 1
+    out = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert out == ["img0.png", "img1.png", "img2.png"]
+    assert cv2.imread(str(tmp_path / "out" / "img2.png")).shape == (12, 20, 3)
+    err = capsys.readouterr().err
+    assert f"cannot decode image {src / 'broken.jpg'}" in err
+
+
+# -- video ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("suffix,backend", [(".mp4", "av"), (".avi", "av"), (".mkv", "opencv")])
+def test_video_keeps_frame_count_and_rate(tmp_path, weights, suffix, backend):
+    src, dst = tmp_path / "in.mp4", tmp_path / f"out{suffix}"
+    write_video(src, n=10, fps=12)
+    assert cli(str(src), "-o", str(dst), "--model", "nearest", "--weights", str(weights), "--backend", backend) == 0
+    n, rate, w, h, codec = probe(dst)
+    assert (n, rate, w, h) == (10, 12, 64, 48)
+    if suffix == ".mp4":
+        assert codec == "h264"  # the installed PyAV has libx264
+    assert leftovers(tmp_path) == []
+
+
+def test_video_frames_go_through_the_processor_in_order(tmp_path):
+    src = tmp_path / "in.mkv"
+    write_video(src, n=10, fps=25, codec="libx264")
+    summary = enhance_path(src, tmp_path / "out.mkv", BicubicProcessor(), progress=False)
+    assert summary.frames == 10 and summary.fps == 25 and summary.size == (64, 48)
+
+    def means(path):
+        with av.open(str(path)) as c:
+            return [f.to_ndarray(format="bgr24").mean() for f in c.decode(video=0)]
+
+    assert np.allclose(means(tmp_path / "out.mkv"), means(src), atol=2)  # order and content survive
+
+
+# -- refusals and failures -----------------------------------------------------------------------
+def test_never_overwrites_the_input(tmp_path, capsys):
+    src = tmp_path / "clip.mp4"
+    write_video(src, n=3)
+    before = src.read_bytes()
+    assert cli(str(src), "-o", str(src), "--model", "bicubic") == 1
+    assert "refusing to overwrite the input" in capsys.readouterr().err
+    alias = tmp_path / "alias.mp4"
+    os.link(src, alias)  # the same file under another name
+    assert cli(str(src), "-o", str(alias), "--model", "bicubic") == 1
+    assert cli(str(tmp_path), "-o", str(tmp_path / "." ), "--model", "bicubic") == 1
+    assert "would overwrite the inputs" in capsys.readouterr().err
+    assert src.read_bytes() == before
+
+
+def test_corrupt_input_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(os.urandom(2000))
+    assert cli(str(bad), "-o", str(tmp_path / "out.mp4"), "--model", "bicubic") == 1
+    err = capsys.readouterr().err
+    assert f"cannot decode {bad}" in err
+    assert not (tmp_path / "out.mp4").exists() and leftovers(tmp_path) == []
+    assert cli(str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "o.mp4"), "--model", "bicubic") == 1
+    assert "missing.mp4 does not exist" in capsys.readouterr().err
+
+
+def test_failure_part_way_leaves_no_output_under_the_final_name(tmp_path):
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    write_video(src, n=10)
+    with pytest.raises(EnhanceError, match=r"bicubic failed on .*in\.mp4 frame 5: synthetic failure"):
+        enhance_path(src, dst, FailsAt(5), progress=False)
+    assert not dst.exists() and leftovers(tmp_path) == []
+    dst.write_bytes(b"previous good output")  # an earlier result survives a failed rerun
+    with pytest.raises(EnhanceError):
+        enhance_path(src, dst, FailsAt(5), progress=False)
+    assert dst.read_bytes() == b"previous good output" and leftovers(tmp_path) == []
+
+
+def test_unknown_model_and_bad_output_type(tmp_path, weights, capsys):
+    src = tmp_path / "in.png"
+    cv2.imwrite(str(src), image())
+    assert cli(str(src), "-o", str(tmp_path / "o.png"), "--model", "nope", "--weights", str(weights)) == 1
+    assert "no processor or model named 'nope' (choose from: bicubic, passthrough, nearest" in capsys.readouterr().err
+    assert cli(str(src), "-o", str(tmp_path / "o.xyz"), "--model", "bicubic") == 1
+    assert "cannot write images of type '.xyz'" in capsys.readouterr().err
