@@ -88,7 +88,10 @@ class RingBuffer:
     def wait_newer(self, after_seq: int | None, timeout: float | None = None) -> Frame:
         """Wait for a frame with seq > after_seq and return the newest one (latency beats throughput).
 
-        Raises TimeoutError when none arrives in time, BufferClosed when the buffer is closed.
+        The read cursor moves to the newest frame: the older ones were passed over on purpose, so
+        they no longer count as unread (overwritten_unread then counts only frames evicted before
+        any consumer reached them). Raises TimeoutError when none arrives in time, BufferClosed
+        when the buffer is closed.
         """
         def ready() -> bool:
             newest = self._frames[-1] if self._frames else None
@@ -100,6 +103,9 @@ class RingBuffer:
             newest = self._frames[-1] if self._frames else None
             if newest is None or (after_seq is not None and newest.seq <= after_seq):
                 raise BufferClosed("ring buffer closed")
+            if self._unread:
+                self._unread = 0
+                self._read += 1
             return newest
 
     def last(self, n: int) -> list[Frame]:

@@ -98,6 +98,19 @@ def test_wait_newer_returns_newest_and_wakes_on_close():
     assert ring.latest().seq == 4, "frames already captured stay readable after close"
 
 
+def test_wait_newer_moves_the_read_cursor():
+    ring = RingBuffer(3)
+    for i in range(3):
+        ring.put(make_bgr_frame(i))
+    assert ring.wait_newer(None, 0).seq == 2  # frames 0 and 1 are passed over on purpose
+    ring.put(make_bgr_frame(3))  # evicts frame 0, which the consumer had already passed
+    assert ring.stats().overwritten_unread == 0
+    for i in range(4, 8):  # the consumer stalls; frame 3 is evicted before anyone reached it
+        ring.put(make_bgr_frame(i))
+    assert ring.stats().overwritten_unread == 2
+    assert ring.get(timeout=0).seq == 5
+
+
 def test_put_never_blocks_and_bad_capacity():
     with pytest.raises(ValueError):
         RingBuffer(0)
