@@ -10,6 +10,7 @@ SUBCOMMANDS = {
     "sources": "app.sources_cmd",
     "capture": "app.capture_cmd",
     "enhance": "app.enhance_cmd",
+    "enhance-burst": "app.enhance_burst_cmd",
     "live": "app.live_cmd",
     "bench": "app.bench",
 }

@@ -46,6 +46,9 @@ class ModelEntry:
     outputs: list[TensorSpec]
     description: str = ""
     macs_per_input_pixel: float | None = None
+    # "bilinear": the output is a uint8 correction (zero at 128) to add to a bilinear scale-x of the
+    # input, which OpenCV makes faster than the graph could; None: the output is the image itself.
+    residual_over: str | None = None
     training: dict[str, Any] = field(default_factory=dict)  # command, data, steps, log, commit
     quality: dict[str, Any] = field(default_factory=dict)  # measured figures, with what they were measured on
 
@@ -63,6 +66,7 @@ class ModelEntry:
                 outputs=[TensorSpec(**t) for t in d["outputs"]],
                 description=d.get("description", ""),
                 macs_per_input_pixel=d.get("macs_per_input_pixel"),
+                residual_over=d.get("residual_over"),
                 training=d.get("training", {}),
                 quality=d.get("quality", {}),
             )

@@ -3,12 +3,15 @@
 The engine's I/O convention, shared with trainers/ export: input "input" uint8 (1, H, W, 3) BGR
 NHWC, output uint8 (1, sH, sW, 3) BGR NHWC with s the manifest's scale; the graph does its own
 casting and normalisation. A float32 output (0..255 BGR) is accepted too, and checked for NaN/Inf.
+A model whose manifest says residual_over "bilinear" returns a correction (zero at 128) that is
+added here to OpenCV's bilinear upscale of the input.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from capture.convert import to_bgr8
@@ -31,6 +34,13 @@ def pad_to_multiple(bgr: np.ndarray, multiple: int) -> np.ndarray:
         return bgr
     mode = "reflect" if ph < h and pw < w else "edge"
     return np.pad(bgr, ((0, ph), (0, pw), (0, 0)), mode=mode)
+
+
+def add_residual(bgr: np.ndarray, residual: np.ndarray, offset: int = 128) -> np.ndarray:
+    """(H, W, 3) uint8 input + (sH, sW, 3) uint8 correction (zero at `offset`) -> (sH, sW, 3) uint8:
+    bilinear upscale (half-pixel centres) plus the correction, saturated, in two OpenCV passes."""
+    up = cv2.resize(bgr, (residual.shape[1], residual.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return cv2.addWeighted(up, 1.0, residual, 1.0, -float(offset))
 
 
 class StudentSRProcessor(Processor):
@@ -58,6 +68,10 @@ class StudentSRProcessor(Processor):
         self.scale = entry.scale
         self.multiple = max(1, int(multiple))
         self.odd_sizes = odd_sizes
+        if entry.residual_over not in (None, "bilinear"):
+            raise WeightsError(f"model {entry.name!r}: residual_over {entry.residual_over!r} is not known to this "
+                               f"engine (it knows 'bilinear'); update EyeFuse or re-export the model")
+        self.residual_over = entry.residual_over
 
     @classmethod
     def from_name(cls, name: str, weights_dir: Path | str = WEIGHTS_DIR, cfg: SessionConfig | None = None,
@@ -98,7 +112,10 @@ class StudentSRProcessor(Processor):
                 raise ModelError(f"{self.name} ({model.path.name}) failed on a {w}x{h} frame (seq {frame.seq}): "
                                  f"{reason}") from exc
         with timer.stage("post"):
-            out = self._check_output(y, x.shape, frame.seq)[: h * self.scale, : w * self.scale]
+            out = self._check_output(y, x.shape, frame.seq)
+            if self.residual_over == "bilinear":
+                out = add_residual(x[0], out)
+            out = out[: h * self.scale, : w * self.scale]
         return bgr, np.ascontiguousarray(out)
 
     def _check_output(self, y: np.ndarray, in_shape: tuple[int, ...], seq: int) -> np.ndarray:

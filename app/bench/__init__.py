@@ -6,6 +6,8 @@ import importlib
 BENCHES = {
     "capture": "app.bench.capture",
     "engine": "app.bench.engine",
+    "burst": "app.bench.burst",
+    "live": "app.bench.live",
 }
 
 

@@ -1,0 +1,177 @@
+"""ONNX export in the engine's I/O convention, int8 static quantisation, and the manifest entry.
+
+Convention (engine/student.py): input "input" uint8 (1, H, W, 3) BGR NHWC, output "output" uint8
+(1, sH, sW, 3); the graph casts, normalises and transposes itself, so the engine hands camera
+frames over without a copy in Python.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from engine.manifest import WEIGHTS_DIR, TensorSpec, entry_for_file, upsert_entry
+from trainers.models.student import StudentSR
+
+OPSET = 17
+RESIDUAL_OFFSET = 128  # the correction's zero in its uint8 encoding (engine/student.py subtracts it)
+
+
+class EngineIO(nn.Module):
+    """Wraps a (N, 3, H, W) [0, 1] -> (N, 3, sH, sW) network in the uint8 NHWC convention."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2).float() * (1.0 / 255.0)
+        y = self.net(x)
+        y = torch.clamp(y * 255.0 + 0.5, 0.0, 255.0)
+        return y.permute(0, 2, 3, 1).to(torch.uint8)
+
+
+def student_graph(net: StudentSR) -> onnx.ModelProto:
+    """StudentSR's correction to the bilinear 2x, as an ONNX graph on uint8 NHWC, written op by op
+    so the layout work is what this CPU does fastest (measured: ORT's 6-D transposes, which torch's
+    pixel_(un)shuffle export to, cost 30 ms a frame here; SpaceToDepth/DepthToSpace a few):
+
+        (1, H, W, 3) u8 -> NCHW -> float -> SpaceToDepth(u) -> head -> ReLU -> res blocks -> tail
+        -> QuantizeLinear (+128, rounded, saturated) -> DepthToSpace(us) -> (1, sH, sW, 3) u8
+
+    The engine adds it to OpenCV's bilinear 2x of the input, minus 128 (manifest: residual_over
+    "bilinear"). The 0..255 scaling is folded into the head and tail weights (ReLU is positively
+    homogeneous), and the channel orders of the head and tail are permuted from torch's (c, dy, dx)
+    to ONNX DCR's (dy, dx, c). Together with the engine's add it computes StudentSR.forward
+    (tests/test_student_export.py)."""
+    cfg = net.cfg
+    u, s = cfg.unshuffle, cfg.scale
+    us = u * s
+    sd = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in net.state_dict().items()}
+    # torch channel (c, dy, dx) <- DCR channel (dy, dx, c): the DCR order lists torch indices
+    dcr_in = [c * u * u + dy * u + dx for dy in range(u) for dx in range(u) for c in range(3)]
+    dcr_out = [c * us * us + dy * us + dx for dy in range(us) for dx in range(us) for c in range(3)]
+
+    inits = [
+        numpy_helper.from_array(sd["head.weight"][:, dcr_in] / 255.0, "head.w"),
+        numpy_helper.from_array(sd["head.bias"], "head.b"),
+        numpy_helper.from_array(sd["tail.weight"][dcr_out] * 255.0, "tail.w"),
+        numpy_helper.from_array(sd["tail.bias"][dcr_out] * 255.0, "tail.b"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array(RESIDUAL_OFFSET, np.uint8), "offset"),
+    ]
+    N = helper.make_node
+    k = cfg.tail_kernel
+    nodes = [
+        N("Transpose", ["input"], ["nchw"], perm=[0, 3, 1, 2]),
+        N("Cast", ["nchw"], ["x"], to=TensorProto.FLOAT),
+        N("SpaceToDepth", ["x"], ["s2d"], blocksize=u),
+        N("Conv", ["s2d", "head.w", "head.b"], ["h0"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        N("Relu", ["h0"], ["f0"]),
+    ]
+    feat = "f0"
+    for i in range(cfg.blocks):
+        p = f"body.{i}"
+        for j in (1, 2):
+            inits += [numpy_helper.from_array(sd[f"{p}.conv{j}.weight"], f"{p}.w{j}"),
+                      numpy_helper.from_array(sd[f"{p}.conv{j}.bias"], f"{p}.b{j}")]
+        nodes += [
+            N("Conv", [feat, f"{p}.w1", f"{p}.b1"], [f"{p}.c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+            N("Relu", [f"{p}.c1"], [f"{p}.r1"]),
+            N("Conv", [f"{p}.r1", f"{p}.w2", f"{p}.b2"], [f"{p}.c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+            N("Add", [feat, f"{p}.c2"], [f"{p}.out"]),
+        ]
+        feat = f"{p}.out"
+    nodes += [
+        N("Conv", [feat, "tail.w", "tail.b"], ["t"], kernel_shape=[k, k], pads=[k // 2] * 4),
+        N("QuantizeLinear", ["t", "one", "offset"], ["y8"]),  # +128, round, saturate: one pass
+        N("DepthToSpace", ["y8"], ["d2s"], blocksize=us, mode="DCR"),
+        N("Transpose", ["d2s"], ["output"], perm=[0, 2, 3, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "student_sr",
+        [helper.make_tensor_value_info("input", TensorProto.UINT8, [1, "H", "W", 3])],
+        [helper.make_tensor_value_info("output", TensorProto.UINT8, [1, f"{s}*H", f"{s}*W", 3])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="eyefuse")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def export_onnx(net: nn.Module, path: Path | str, scale: int = 2, sample_hw: tuple[int, int] = (64, 64)) -> Path:
+    """Export `net` (eval mode, CPU) wrapped in EngineIO with dynamic H and W. Written to a temp
+    file and renamed, so a failed export never leaves a half-written model under `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = EngineIO(net.eval().cpu())
+    sample = torch.zeros(1, *sample_hw, 3, dtype=torch.uint8)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".onnx")
+    os.close(fd)
+    try:
+        if isinstance(net, StudentSR):
+            onnx.save(student_graph(net), tmp)
+            os.replace(tmp, path)
+            return path
+        with torch.no_grad():
+            torch.onnx.export(
+                wrapped, (sample,), tmp, input_names=["input"], output_names=["output"], opset_version=OPSET,
+                dynamic_axes={"input": {1: "H", 2: "W"}, "output": {1: f"{scale}*H", 2: f"{scale}*W"}},
+                dynamo=False,
+            )
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def quantize_int8(fp32_path: Path | str, int8_path: Path | str, calibration: list[np.ndarray]) -> Path:
+    """Static QDQ int8 (per-channel weights, uint8 activations) calibrated on uint8 (1, H, W, 3)
+    frames. The graph's uint8 input/output stay as they are."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter([{"input": x} for x in calibration])
+
+        def get_next(self):
+            return next(self._it, None)
+
+    int8_path = Path(int8_path)
+    fd, pre = tempfile.mkstemp(dir=int8_path.parent, prefix=".pre-", suffix=".onnx")
+    os.close(fd)
+    fd, tmp = tempfile.mkstemp(dir=int8_path.parent, prefix=f".{int8_path.stem}-", suffix=".onnx")
+    os.close(fd)
+    try:
+        quant_pre_process(str(fp32_path), pre, skip_symbolic_shape=True)
+        quantize_static(pre, tmp, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv"])
+        os.replace(tmp, int8_path)
+    finally:
+        Path(pre).unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
+    return int8_path
+
+
+def register(name: str, path: Path, scale: int, description: str, macs: float | None,
+             training: dict[str, Any], quality: dict[str, Any] | None = None,
+             weights_dir: Path = WEIGHTS_DIR, residual_over: str | None = None) -> None:
+    """Add or replace `name` in weights_dir/manifest.json for the file at `path`."""
+    entry = entry_for_file(
+        name, path, weights_dir, kind="sr", scale=scale,
+        inputs=[TensorSpec("input", "uint8", [1, "H", "W", 3])],
+        outputs=[TensorSpec("output", "uint8", [1, f"{scale}*H", f"{scale}*W", 3])],
+        description=description, macs_per_input_pixel=macs, training=training, quality=quality or {},
+        residual_over=residual_over,
+    )
+    upsert_entry(entry, weights_dir)

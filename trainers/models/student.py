@@ -1,0 +1,150 @@
+"""StudentSR and the two classic baselines it is measured against (ESPCN, FSRCNN).
+
+StudentSR is built for the live budget. ONNX Runtime's fp32 GEMM peak on this 2-core CPU measures
+about 36 GMAC/s (engine/peak.py), so 60 fps at 640x480 leaves about 0.6 GMAC per frame, i.e. about
+2,000 MACs per input pixel, for everything. So the network:
+- pixel-unshuffles the input by 4: every convolution runs on 1/16 of the input's pixels, with a
+  receptive field 4x wider than the same depth at full size;
+- runs a short chain of residual blocks there;
+- predicts a correction to a bilinear 2x of the input directly in pixel-shuffled layout (each
+  1/16-size position emits its 8x8x3 output block), so the network only learns what bilinear
+  interpolation misses: noise, blur, aliasing.
+The exported graph (export.py) returns that correction as uint8 (offset 128) and the engine adds it
+to OpenCV's bilinear 2x (the same half-pixel-centre bilinear as torch's align_corners=False): OpenCV
+does the full-resolution skip and add in about 3 ms, ONNX Runtime's Gather + Add took 4.
+
+MACs per input pixel (C channels, B blocks, u = 4, s = 2, tail kernel k):
+    head 9 * 3u^2 * C / u^2 + body B * 2 * 9 * C^2 / u^2 + tail k^2 * C * 3(us)^2 / u^2
+`macs_per_input_pixel` counts them with hooks; the manifest records the count.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    channels: int = 24
+    blocks: int = 2
+    unshuffle: int = 4
+    scale: int = 2
+    tail_kernel: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ResBlock(nn.Module):
+    """conv3x3 -> ReLU -> conv3x3, plus the input (EDSR-style, no batch norm)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+class StudentSR(nn.Module):
+    """(N, 3, H, W) float [0, 1] -> (N, 3, sH, sW); H and W multiples of `unshuffle`."""
+
+    def __init__(self, cfg: StudentConfig = StudentConfig()):
+        super().__init__()
+        self.cfg = cfg
+        u, c, s, k = cfg.unshuffle, cfg.channels, cfg.scale, cfg.tail_kernel
+        self.head = nn.Conv2d(3 * u * u, c, 3, padding=1)
+        self.body = nn.Sequential(*[ResBlock(c) for _ in range(cfg.blocks)])
+        self.tail = nn.Conv2d(c, 3 * (u * s) ** 2, k, padding=k // 2)
+        # Start close to plain bilinear (training adds the detail), but not at zero: a zero tail
+        # passes no gradient to the layers before it, which then wait ~100 steps to start learning.
+        nn.init.normal_(self.tail.weight, std=1e-3)
+        nn.init.zeros_(self.tail.bias)
+
+    def features(self, unshuffled: torch.Tensor) -> torch.Tensor:
+        """(N, 3u^2, H/u, W/u) -> the tail's (N, 3(us)^2, H/u, W/u) correction, channel-major
+        (c, dy, dx) as pixel_shuffle expects."""
+        return self.tail(self.body(F.relu(self.head(unshuffled))))
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, 3, sH, sW) correction to the bilinear 2x."""
+        u, s = self.cfg.unshuffle, self.cfg.scale
+        return F.pixel_shuffle(self.features(F.pixel_unshuffle(x, u)), u * s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = F.interpolate(x, scale_factor=self.cfg.scale, mode="bilinear", align_corners=False)
+        return base + self.residual(x)
+
+
+class ESPCN(nn.Module):
+    """Shi et al. 2016: 5x5 conv 64 -> 3x3 conv 32 -> 3x3 conv 3s^2 -> pixel shuffle, at input size."""
+
+    def __init__(self, scale: int = 2):
+        super().__init__()
+        self.scale = scale
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 64, 5, padding=2), nn.Tanh(),
+            nn.Conv2d(64, 32, 3, padding=1), nn.Tanh(),
+            nn.Conv2d(32, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class FSRCNN(nn.Module):
+    """Dong et al. 2016, FSRCNN(d=56, s=12, m=4): feature 5x5, shrink 1x1, m mapping 3x3, expand
+    1x1, then a 9x9 transposed convolution with stride `scale`."""
+
+    def __init__(self, scale: int = 2, d: int = 56, s: int = 12, m: int = 4):
+        super().__init__()
+        self.scale = scale
+        layers: list[nn.Module] = [nn.Conv2d(3, d, 5, padding=2), nn.PReLU(d), nn.Conv2d(d, s, 1), nn.PReLU(s)]
+        for _ in range(m):
+            layers += [nn.Conv2d(s, s, 3, padding=1), nn.PReLU(s)]
+        layers += [nn.Conv2d(s, d, 1), nn.PReLU(d)]
+        self.body = nn.Sequential(*layers)
+        self.deconv = nn.ConvTranspose2d(d, 3, 9, stride=scale, padding=4, output_padding=scale - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.deconv(self.body(x))
+
+
+ARCHITECTURES = {"student_sr": StudentSR, "espcn": ESPCN, "fsrcnn": FSRCNN}
+
+
+def build(arch: str, **kwargs) -> nn.Module:
+    """A fresh network by architecture name; kwargs go to its config."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
+    if arch == "student_sr":
+        return StudentSR(StudentConfig(**kwargs))
+    return ARCHITECTURES[arch](**kwargs)
+
+
+def macs_per_input_pixel(model: nn.Module, height: int = 64, width: int = 64) -> float:
+    """Multiply-accumulates per input pixel of every Conv2d/ConvTranspose2d, counted with hooks
+    on a (1, 3, height, width) forward pass."""
+    total = 0
+
+    def conv_hook(mod, inp, out):
+        nonlocal total
+        taps = mod.kernel_size[0] * mod.kernel_size[1]
+        if isinstance(mod, nn.ConvTranspose2d):  # every input pixel scatters into taps * out channels
+            total += inp[0].numel() * mod.out_channels * taps // mod.groups
+        else:
+            total += out.numel() * taps * (mod.in_channels // mod.groups)
+
+    hooks = [m.register_forward_hook(conv_hook) for m in model.modules()
+             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, height, width))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total / (height * width)

@@ -1,0 +1,427 @@
+"""`python -m trainers.train_student`: train StudentSR (or the ESPCN/FSRCNN baselines) with L1 loss.
+
+Targets:
+  --targets clean    clean photos (default: ../shared/data/BSDS500 train+test), degraded on the fly
+                     by the webcam protocol of DESIGN.md (trainers/degradations.py); the clean
+                     full-resolution crop is the target.
+  --targets teacher  pairs made by `python -m trainers.prepare_dataset RAW TEACHER`: the raw frame
+                     is the input and the teacher's output the target (distillation).
+Validation every epoch: on BSDS500/val degraded with a fixed seed (clean targets), or on the
+prepared _VALIDATION folders (teacher targets). One CSV row per epoch (--log-path): epoch, train
+and validation L1, train and validation PSNR, learning rate, seconds.
+
+Resumable: the checkpoint (--checkpoint, default beside the log) is written atomically after every
+epoch with the model, optimiser, scheduler, RNG states and the epoch; `--resume` continues from it
+and appends to the log. At the end the model is exported to ONNX (and, for StudentSR, to int8),
+and weights/manifest.json is updated with the training command, data and measured quality.
+
+Under `torchrun --nproc_per_node N` it trains with DistributedDataParallel (gloo backend): each
+process draws its own batches from a per-rank seed, gradients are averaged, rank 0 validates,
+logs, checkpoints and exports.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import random
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from trainers.degradations import (WEBCAM_NOISE_LEVELS, WebcamDegradation, WebcamParams, degrade_webcam,
+                                   random_crop, sample_webcam_params)
+from trainers.models.student import build, macs_per_input_pixel
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+LOG_FIELDS = ["epoch", "train_l1", "val_l1", "train_psnr", "val_psnr", "lr", "seconds"]
+
+
+class TrainingDataError(Exception):
+    """The training or validation data is missing or unusable; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "student_sr"
+    targets: str = "clean"  # "clean" or "teacher"
+    data: Path = DEFAULT_DATA  # clean: a folder with BSDS500/; teacher: the prepared RAW folder
+    teacher_dir: Path | None = None  # teacher targets: the prepared TEACHER folder
+    epochs: int = 20
+    steps_per_epoch: int = 200
+    batch: int = 16
+    patch: int = 48  # input (LR) patch size; the target is scale x larger
+    lr: float = 2e-3
+    seed: int = 0
+    val_images: int = 100
+    val_crop: int = 256  # clean validation: centre crops of this (HR) size keep an epoch's check short
+    threads: int | None = None
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTS) if Path(folder).is_dir() else []
+
+
+def load_images(paths: list[Path], what: str) -> list[np.ndarray]:
+    """BGR uint8 images; unreadable files are reported and skipped, none at all is an error."""
+    images = []
+    for p in paths:
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            print(f"warning: skipping unreadable {what} image {p}", file=sys.stderr)
+            continue
+        images.append(img)
+    if not images:
+        raise TrainingDataError(f"no readable {what} images among {len(paths)} files")
+    return images
+
+
+def clean_training_images(data: Path) -> list[np.ndarray]:
+    paths = list_images(data / "BSDS500" / "train") + list_images(data / "BSDS500" / "test")
+    if not paths:
+        raise TrainingDataError(f"no images under {data}/BSDS500/train or /test; pass --data with the shared "
+                                f"data folder, or use --targets teacher with a prepared dataset")
+    return load_images(paths, "training")
+
+
+class CleanBatches:
+    """Random crops of clean photos, degraded on the fly: (lr (B, 3, p, p), hr (B, 3, sp, sp)) in [0, 1]."""
+
+    def __init__(self, images: list[np.ndarray], patch: int, scale: int, rng: np.random.Generator):
+        self.images, self.patch, self.scale, self.rng = images, patch, scale, rng
+        self.protocol = WebcamDegradation(scale=scale)
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        hp = self.patch * self.scale
+        lrs, hrs = [], []
+        for _ in range(n):
+            img = self.images[int(self.rng.integers(len(self.images)))]
+            hr = random_crop(img, hp, hp, self.rng)
+            if self.rng.random() < 0.5:
+                hr = hr[:, ::-1]
+            if self.rng.random() < 0.5:
+                hr = hr.transpose(1, 0, 2)
+            hr = np.ascontiguousarray(hr)
+            lrs.append(degrade_webcam(hr, sample_webcam_params(self.rng, self.protocol), self.rng))
+            hrs.append(hr)
+        return to_tensor(np.stack(lrs)), to_tensor(np.stack(hrs))
+
+
+class PairBatches:
+    """Random aligned crops of (raw, teacher) pairs: the teacher image is `scale` x the raw one."""
+
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], patch: int, scale: int, rng: np.random.Generator):
+        self.pairs, self.patch, self.scale, self.rng = pairs, patch, scale, rng
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        p, s = self.patch, self.scale
+        lrs, hrs = [], []
+        for _ in range(n):
+            lr, hr = self.pairs[int(self.rng.integers(len(self.pairs)))]
+            y = int(self.rng.integers(0, lr.shape[0] - p + 1))
+            x = int(self.rng.integers(0, lr.shape[1] - p + 1))
+            lrs.append(lr[y:y + p, x:x + p])
+            hrs.append(hr[y * s:(y + p) * s, x * s:(x + p) * s])
+        return to_tensor(np.stack(lrs)), to_tensor(np.stack(hrs))
+
+
+def load_pairs(raw_dir: Path, teacher_dir: Path, scale: int, min_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(raw, teacher) images paired by file stem; sizes checked (teacher = scale x raw)."""
+    raws = {p.stem: p for p in list_images(raw_dir)}
+    teachers = {p.stem: p for p in list_images(teacher_dir)}
+    common = sorted(set(raws) & set(teachers))
+    if not common:
+        raise TrainingDataError(f"no (raw, teacher) pairs with matching names in {raw_dir} and {teacher_dir}; "
+                                f"run `python -m trainers.prepare_dataset {raw_dir} {teacher_dir}` first")
+    pairs = []
+    for stem in common:
+        lr, hr = cv2.imread(str(raws[stem])), cv2.imread(str(teachers[stem]))
+        if lr is None or hr is None:
+            print(f"warning: skipping unreadable pair {stem}", file=sys.stderr)
+            continue
+        if hr.shape[:2] != (lr.shape[0] * scale, lr.shape[1] * scale) or min(lr.shape[:2]) < min_size:
+            print(f"warning: skipping pair {stem}: raw {lr.shape[:2]}, teacher {hr.shape[:2]} "
+                  f"(need teacher = {scale}x raw and raw >= {min_size} px)", file=sys.stderr)
+            continue
+        pairs.append((lr, hr))
+    if not pairs:
+        raise TrainingDataError(f"none of the {len(common)} pairs in {raw_dir} / {teacher_dir} is usable")
+    return pairs
+
+
+def clean_validation_set(data: Path, n: int, crop: int, scale: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
+    """BSDS500/val centre crops, each degraded by a fixed draw of the protocol (the same every epoch)."""
+    paths = list_images(data / "BSDS500" / "val")[:n]
+    if not paths:
+        raise TrainingDataError(f"no validation images under {data}/BSDS500/val")
+    out = []
+    for i, img in enumerate(load_images(paths, "validation")):
+        h, w = img.shape[:2]
+        c = min(crop, h, w) // 8 * 8
+        hr = np.ascontiguousarray(img[(h - c) // 2:(h - c) // 2 + c, (w - c) // 2:(w - c) // 2 + c])
+        rng = np.random.default_rng(10_000 + i)
+        out.append((degrade_webcam(hr, sample_webcam_params(rng, WebcamDegradation(scale=scale)), rng), hr))
+    return out
+
+
+def teacher_validation_set(raw_dir: Path, teacher_dir: Path, scale: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from trainers.prepare_dataset import validation_dir
+
+    return load_pairs(validation_dir(raw_dir), validation_dir(teacher_dir), scale, min_size=8)
+
+
+def to_tensor(batch_u8: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 BGR -> (B, 3, H, W) float [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(batch_u8)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def psnr_t(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """PSNR (dB) of [0, 1] tensors after 8-bit rounding, as the engine's output is scored."""
+    mse = F.mse_loss(torch.round(out.clamp(0, 1) * 255), torch.round(ref * 255)).item()
+    return 99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def pad_for(net: nn.Module) -> int:
+    return getattr(getattr(net, "cfg", None), "unshuffle", 1)
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]], scale: int) -> tuple[float, float]:
+    """Mean L1 and PSNR over (lr, hr) uint8 pairs (inputs cropped to the network's multiple)."""
+    net.eval()
+    l1s, ps = [], []
+    m = pad_for(net)
+    for lr, hr in pairs:
+        h, w = lr.shape[0] // m * m, lr.shape[1] // m * m
+        x, y = to_tensor(lr[None, :h, :w]), to_tensor(hr[None, : h * scale, : w * scale])
+        out = net(x)
+        l1s.append(F.l1_loss(out, y).item())
+        ps.append(psnr_t(out, y))
+    net.train()
+    return float(np.mean(l1s)), float(np.mean(ps))
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic: a crash or a full disk mid-save leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def append_log(path: Path, row: dict) -> None:
+    new = not path.exists() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def truncate_log(path: Path, epochs_done: int) -> None:
+    """Drop log rows after the checkpoint's epoch (a run killed between logging and checkpointing)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= epochs_done]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+# -- the loop --------------------------------------------------------------------------------------
+
+def arch_kwargs(arch: str, args: argparse.Namespace) -> dict:
+    if arch == "student_sr":
+        return dict(channels=args.channels, blocks=args.blocks)
+    return {}
+
+
+def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path, resume: bool,
+          printer=print) -> nn.Module:
+    """Train and return the network (on rank 0 the best-validation weights). Writes log and checkpoint."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = 0
+    if distributed:
+        dist.init_process_group("gloo")
+        rank = dist.get_rank()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    scale = 2
+    net = build(cfg.arch, **model_kwargs)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    total_steps = cfg.epochs * cfg.steps_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.05)
+    start_epoch, best = 0, {"val_psnr": -1.0, "state": None}
+    rng = np.random.default_rng([cfg.seed, rank])
+
+    if resume and checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state.get("arch") != cfg.arch or state.get("model_kwargs") != model_kwargs:
+            raise SystemExit(f"checkpoint {checkpoint} is for {state.get('arch')} {state.get('model_kwargs')}, "
+                             f"not {cfg.arch} {model_kwargs}; pass the same architecture or another --checkpoint")
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, best = state["epoch"], state["best"]
+        rng = np.random.default_rng([cfg.seed, rank, start_epoch])
+        torch.set_rng_state(state["torch_rng"])
+        if rank == 0:
+            truncate_log(log_path, start_epoch)
+            printer(f"resumed from {checkpoint} after epoch {start_epoch}")
+    elif rank == 0 and log_path.exists():
+        log_path.unlink()  # a fresh run starts a fresh log
+
+    if cfg.targets == "clean":
+        source = CleanBatches(clean_training_images(cfg.data), cfg.patch, scale, rng)
+        val = clean_validation_set(cfg.data, cfg.val_images, cfg.val_crop, scale) if rank == 0 else []
+    else:
+        if cfg.teacher_dir is None:
+            raise TrainingDataError("--targets teacher needs --teacher-dir (the prepared teacher folder)")
+        source = PairBatches(load_pairs(cfg.data, cfg.teacher_dir, scale, cfg.patch), cfg.patch, scale, rng)
+        val = teacher_validation_set(cfg.data, cfg.teacher_dir, scale) if rank == 0 else []
+
+    model = nn.parallel.DistributedDataParallel(net) if distributed else net
+    per_rank_batch = max(1, cfg.batch // (dist.get_world_size() if distributed else 1))
+    net.train()
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        t0 = time.monotonic()
+        l1_sum = psnr_sum = 0.0
+        for _ in range(cfg.steps_per_epoch):
+            lr_b, hr_b = source.batch(per_rank_batch)
+            out = model(lr_b)
+            loss = F.l1_loss(out, hr_b)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}; the last good checkpoint "
+                                         f"{checkpoint} is kept: resume with a lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            l1_sum += loss.item()
+            psnr_sum += psnr_t(out.detach(), hr_b)
+        if rank == 0:
+            val_l1, val_psnr = evaluate(net, val, scale)
+            row = dict(epoch=epoch, train_l1=l1_sum / cfg.steps_per_epoch, val_l1=val_l1,
+                       train_psnr=psnr_sum / cfg.steps_per_epoch, val_psnr=val_psnr,
+                       lr=sched.get_last_lr()[0], seconds=time.monotonic() - t0)
+            if val_psnr > best["val_psnr"]:
+                best = {"val_psnr": val_psnr, "epoch": epoch,
+                        "state": {k: v.clone() for k, v in net.state_dict().items()}}
+            append_log(log_path, row)
+            save_checkpoint(checkpoint, dict(arch=cfg.arch, model_kwargs=model_kwargs, model=net.state_dict(),
+                                             optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                                             epoch=epoch, best=best, torch_rng=torch.get_rng_state()))
+            printer(f"epoch {epoch}/{cfg.epochs} train L1 {row['train_l1']:.4f} PSNR {row['train_psnr']:.2f} | "
+                    f"val L1 {val_l1:.4f} PSNR {val_psnr:.2f} | lr {row['lr']:.2e} | {row['seconds']:.0f} s")
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    if best.get("state") is not None:
+        net.load_state_dict(best["state"])
+    return net.eval()
+
+
+def export_and_register(net: nn.Module, name: str, cfg: TrainConfig, log_path: Path, weights_dir: Path,
+                        command: str, val_pairs_for_int8: list | None = None) -> list[Path]:
+    """ONNX export (+ int8 for StudentSR), manifest entries with the training facts. Returns the files."""
+    from trainers.export import export_onnx, quantize_int8, register
+
+    macs = macs_per_input_pixel(net)
+    training = {"command": command, "targets": cfg.targets, "data": str(cfg.data),
+                "epochs": cfg.epochs, "steps": cfg.epochs * cfg.steps_per_epoch, "batch": cfg.batch,
+                "patch": cfg.patch, "loss": "L1", "log": os.path.relpath(log_path, REPO) if log_path.is_relative_to(REPO) else str(log_path)}
+    rows = list(csv.DictReader(open(log_path))) if log_path.exists() else []
+    best = max(rows, key=lambda r: float(r["val_psnr"])) if rows else None
+    quality = {"val_psnr": float(best["val_psnr"]), "val_epoch": int(best["epoch"]),
+               "val_set": "BSDS500/val centre crops, webcam protocol" if cfg.targets == "clean" else "prepared _VALIDATION pairs"} if best else {}
+    path = export_onnx(net, weights_dir / f"{name}.onnx")
+    desc = {"student_sr": "StudentSR: denoise + deblur + 2x upscale, pixel-unshuffled residual network",
+            "espcn": "ESPCN baseline (Shi et al. 2016), trained by our trainer on the same data",
+            "fsrcnn": "FSRCNN baseline (Dong et al. 2016), trained by our trainer on the same data"}[cfg.arch]
+    residual = "bilinear" if cfg.arch == "student_sr" else None
+    register(name, path, 2, desc, macs, training, quality, weights_dir, residual)
+    files = [path]
+    if cfg.arch == "student_sr" and val_pairs_for_int8:
+        calib = [np.ascontiguousarray(lr[None, : lr.shape[0] // 8 * 8, : lr.shape[1] // 8 * 8])
+                 for lr, _ in val_pairs_for_int8[:32]]
+        q = quantize_int8(path, weights_dir / f"{name}_int8.onnx", calib)
+        register(f"{name}_int8", q, 2, desc + "; int8 static QDQ (per-channel weights), calibrated on 32 "
+                 "validation frames", macs, dict(training, quantized_from=path.name), {}, weights_dir, residual)
+        files.append(q)
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="student_sr", choices=["student_sr", "espcn", "fsrcnn"])
+    p.add_argument("--name", default=None, help="model name in the manifest (default: the arch)")
+    p.add_argument("--targets", default="clean", choices=["clean", "teacher"])
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="clean: folder with BSDS500/ (default ../shared/data); teacher: the prepared RAW folder")
+    p.add_argument("--teacher-dir", type=Path, default=None, help="teacher targets: the prepared TEACHER folder")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--steps-per-epoch", type=int, default=200)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--patch", type=int, default=48)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--blocks", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-images", type=int, default=100)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--log-path", type=Path, required=True, help="per-epoch CSV log")
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: beside the log, NAME.ckpt")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    p.add_argument("--weights-dir", type=Path, default=REPO / "weights", help="where the ONNX files and manifest go")
+    p.add_argument("--no-export", action="store_true")
+    args = p.parse_args(argv)
+    name = args.name or args.arch
+    cfg = TrainConfig(arch=args.arch, targets=args.targets, data=args.data, teacher_dir=args.teacher_dir,
+                      epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch=args.batch, patch=args.patch,
+                      lr=args.lr, seed=args.seed, val_images=args.val_images, threads=args.threads)
+    log_path = args.log_path.resolve()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = args.checkpoint or log_path.with_name(f"{name}.ckpt")
+    try:
+        net = train(cfg, arch_kwargs(args.arch, args), log_path, checkpoint, args.resume)
+    except TrainingDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) != 0 or args.no_export:
+        return 0
+    command = "python -m trainers.train_student " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    val = (clean_validation_set(cfg.data, 32, cfg.val_crop) if cfg.targets == "clean"
+           else teacher_validation_set(cfg.data, cfg.teacher_dir, 2))
+    for f in export_and_register(net, name, cfg, log_path, args.weights_dir, command, val):
+        print(f"wrote {f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
