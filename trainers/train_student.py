@@ -11,7 +11,7 @@ prepared _VALIDATION folders (teacher targets). One CSV row per epoch (--log-pat
 and validation L1, train and validation PSNR, learning rate, seconds.
 
 Resumable: the checkpoint (--checkpoint, default beside the log) is written atomically after every
-epoch with the model, optimiser, scheduler, RNG states and the epoch; `--resume` continues from it
+epoch with the model, optimiser, RNG state and the epoch (the learning rate is a function of the step); `--resume` continues from it
 and appends to the log. At the end the model is exported to ONNX (and, for StudentSR, to int8),
 and weights/manifest.json is updated with the training command, data and measured quality.
 
@@ -255,6 +255,16 @@ def truncate_log(path: Path, epochs_done: int) -> None:
 
 # -- the loop --------------------------------------------------------------------------------------
 
+def learning_rate(step: int, total: int, peak: float, warmup: float = 0.03) -> float:
+    """Linear warm-up over the first `warmup` of the run, then cosine decay to 1% of `peak`. A pure
+    function of the step, so a resumed (or lengthened) run continues on the right schedule."""
+    w = max(1, int(total * warmup))
+    if step < w:
+        return peak * (step + 1) / w
+    t = min(1.0, (step - w) / max(1, total - w))
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
 def arch_kwargs(arch: str, args: argparse.Namespace) -> dict:
     if arch == "student_sr":
         return dict(channels=args.channels, blocks=args.blocks)
@@ -276,7 +286,6 @@ def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path
     net = build(cfg.arch, **model_kwargs)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     total_steps = cfg.epochs * cfg.steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.05)
     start_epoch, best = 0, {"val_psnr": -1.0, "state": None}
     rng = np.random.default_rng([cfg.seed, rank])
 
@@ -287,7 +296,6 @@ def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path
                              f"not {cfg.arch} {model_kwargs}; pass the same architecture or another --checkpoint")
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"], state["best"]
         rng = np.random.default_rng([cfg.seed, rank, start_epoch])
         torch.set_rng_state(state["torch_rng"])
@@ -312,7 +320,10 @@ def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.monotonic()
         l1_sum = psnr_sum = 0.0
-        for _ in range(cfg.steps_per_epoch):
+        for i in range(cfg.steps_per_epoch):
+            lr_now = learning_rate((epoch - 1) * cfg.steps_per_epoch + i, total_steps, cfg.lr)
+            for group in opt.param_groups:
+                group["lr"] = lr_now
             lr_b, hr_b = source.batch(per_rank_batch)
             out = model(lr_b)
             loss = F.l1_loss(out, hr_b)
@@ -322,20 +333,19 @@ def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
             l1_sum += loss.item()
             psnr_sum += psnr_t(out.detach(), hr_b)
         if rank == 0:
             val_l1, val_psnr = evaluate(net, val, scale)
             row = dict(epoch=epoch, train_l1=l1_sum / cfg.steps_per_epoch, val_l1=val_l1,
                        train_psnr=psnr_sum / cfg.steps_per_epoch, val_psnr=val_psnr,
-                       lr=sched.get_last_lr()[0], seconds=time.monotonic() - t0)
+                       lr=lr_now, seconds=time.monotonic() - t0)
             if val_psnr > best["val_psnr"]:
                 best = {"val_psnr": val_psnr, "epoch": epoch,
                         "state": {k: v.clone() for k, v in net.state_dict().items()}}
             append_log(log_path, row)
             save_checkpoint(checkpoint, dict(arch=cfg.arch, model_kwargs=model_kwargs, model=net.state_dict(),
-                                             optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                                             optimizer=opt.state_dict(),
                                              epoch=epoch, best=best, torch_rng=torch.get_rng_state()))
             printer(f"epoch {epoch}/{cfg.epochs} train L1 {row['train_l1']:.4f} PSNR {row['train_psnr']:.2f} | "
                     f"val L1 {val_l1:.4f} PSNR {val_psnr:.2f} | lr {row['lr']:.2e} | {row['seconds']:.0f} s")

@@ -1,0 +1,159 @@
+"""StudentSR and the baselines: MAC counts, ONNX export equivalence through the real engine, and
+the trainer (log columns, resume, teacher targets, export into a manifest the engine loads)."""
+import csv
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from capture.frame import Frame, PixelFormat  # noqa: E402
+from engine.manifest import load_manifest  # noqa: E402
+from engine.processor import make_processor  # noqa: E402
+from trainers.export import export_onnx, register  # noqa: E402
+from trainers.models.student import StudentConfig, StudentSR, build, macs_per_input_pixel  # noqa: E402
+
+
+def test_mac_count_matches_the_formula():
+    c, b = 16, 2
+    net = StudentSR(StudentConfig(channels=c, blocks=b, tail_kernel=1))
+    expected = 9 * 48 * c / 16 + b * 2 * 9 * c * c / 16 + c * 192 / 16
+    assert macs_per_input_pixel(net) == pytest.approx(expected)
+    assert macs_per_input_pixel(build("espcn")) == pytest.approx(25 * 3 * 64 + 9 * 64 * 32 + 9 * 32 * 12)
+
+
+def _random_student(seed=0, **kw):
+    torch.manual_seed(seed)
+    net = StudentSR(StudentConfig(**kw))
+    with torch.no_grad():  # a tail far from zero, so the export is checked on a real correction
+        net.tail.weight.normal_(std=0.05)
+        net.tail.bias.normal_(std=0.02)
+    return net.eval()
+
+
+def _torch_output(net, bgr):
+    x = torch.from_numpy(bgr).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        y = net(x)[0].permute(1, 2, 0).numpy()
+    return np.clip(np.round(y * 255), 0, 255)
+
+
+def _frame(bgr):
+    return Frame(np.ascontiguousarray(bgr), 0, time.monotonic_ns(), "test", PixelFormat.BGR8)
+
+
+@pytest.mark.parametrize("kw", [dict(channels=16, blocks=2), dict(channels=8, blocks=1, tail_kernel=3)])
+def test_exported_student_through_the_engine_matches_torch(tmp_path, kw):
+    net = _random_student(**kw)
+    path = export_onnx(net, tmp_path / "s.onnx")
+    register("s", path, 2, "test", macs_per_input_pixel(net), {"command": "test"}, weights_dir=tmp_path,
+             residual_over="bilinear")
+    rng = np.random.default_rng(0)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), (0, 0), 1.5)
+    out = make_processor("s", tmp_path).process([_frame(bgr)]).output
+    ref = _torch_output(net, bgr)
+    diff = np.abs(out.astype(float) - ref)
+    assert out.shape == (96, 128, 3)
+    # bilinear and the correction are each rounded to 8 bits in the engine, once in torch
+    assert diff.max() <= 2 and diff.mean() < 0.6, (diff.max(), diff.mean())
+
+
+def test_odd_sized_frames_are_padded_and_cropped(tmp_path):
+    net = _random_student(channels=8, blocks=1)
+    register("s", export_onnx(net, tmp_path / "s.onnx"), 2, "test", None, {}, weights_dir=tmp_path,
+             residual_over="bilinear")
+    bgr = np.random.default_rng(1).integers(0, 256, (37, 51, 3), dtype=np.uint8)
+    assert make_processor("s", tmp_path).process([_frame(bgr)]).output.shape == (74, 102, 3)
+
+
+def test_exported_baseline_matches_torch(tmp_path):
+    torch.manual_seed(0)
+    net = build("espcn").eval()
+    register("espcn", export_onnx(net, tmp_path / "e.onnx"), 2, "test", None, {}, weights_dir=tmp_path)
+    bgr = np.random.default_rng(2).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    out = make_processor("espcn", tmp_path).process([_frame(bgr)]).output
+    assert np.abs(out.astype(float) - _torch_output(net, bgr)).max() <= 1
+
+
+def _fake_bsds(root, n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test", "val"):
+        d = root / "BSDS500" / split
+        d.mkdir(parents=True)
+        for i in range(n):
+            img = cv2.GaussianBlur(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8), (0, 0), 2.0)
+            cv2.imwrite(str(d / f"{i}.jpg"), img)
+    (root / "BSDS500" / "train" / "broken.jpg").write_bytes(b"not a jpeg")  # skipped with a warning
+    return root
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_training_logs_resumes_and_exports_a_model_the_engine_runs(tmp_path, capsys):
+    from trainers.train_student import main
+
+    data = _fake_bsds(tmp_path / "data")
+    log, weights = tmp_path / "logs" / "s.csv", tmp_path / "w"
+    args = ["--data", str(data), "--steps-per-epoch", "3", "--batch", "4", "--patch", "16", "--val-images", "3",
+            "--channels", "8", "--blocks", "1", "--log-path", str(log), "--weights-dir", str(weights)]
+    assert main(args + ["--epochs", "2"]) == 0
+    rows = _rows(log)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert set(rows[0]) == {"epoch", "train_l1", "val_l1", "train_psnr", "val_psnr", "lr", "seconds"}
+    assert all(np.isfinite(float(r[k])) for r in rows for k in rows[0])
+    assert main(args + ["--epochs", "3", "--resume"]) == 0
+    assert "resumed" in capsys.readouterr().out
+    assert [r["epoch"] for r in _rows(log)] == ["1", "2", "3"], "resume appends, never repeats an epoch"
+    manifest = load_manifest(weights)
+    assert {"student_sr", "student_sr_int8"} <= set(manifest)
+    entry = manifest["student_sr"]
+    assert entry.residual_over == "bilinear" and "--resume" in entry.training["command"]
+    assert entry.quality["val_psnr"] == pytest.approx(max(float(r["val_psnr"]) for r in _rows(log)))
+    frame = _frame(np.full((32, 48, 3), 128, np.uint8))
+    for name in ("student_sr", "student_sr_int8"):
+        assert make_processor(name, weights).process([frame]).output.shape == (64, 96, 3)
+
+
+def test_resume_refuses_a_checkpoint_for_another_architecture(tmp_path):
+    from trainers.train_student import main
+
+    data = _fake_bsds(tmp_path / "data")
+    log = tmp_path / "s.csv"
+    base = ["--data", str(data), "--steps-per-epoch", "2", "--batch", "2", "--patch", "16", "--val-images", "2",
+            "--log-path", str(log), "--no-export", "--epochs", "1"]
+    assert main(base + ["--channels", "8", "--blocks", "1"]) == 0
+    with pytest.raises(SystemExit, match="checkpoint .* is for student_sr"):
+        main(base + ["--channels", "12", "--blocks", "1", "--resume"])
+
+
+def test_training_on_teacher_pairs(tmp_path):
+    from trainers.prepare_dataset import prepare
+    from trainers.train_student import main
+
+    raw, teacher = tmp_path / "raw", tmp_path / "teacher"
+    raw.mkdir()
+    teacher.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(10):
+        hr = cv2.GaussianBlur(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), (0, 0), 2.0)
+        cv2.imwrite(str(teacher / f"f{i}.png"), hr)
+        cv2.imwrite(str(raw / f"f{i}.png"), cv2.resize(hr, (32, 32), interpolation=cv2.INTER_AREA))
+    prepare(raw, teacher)
+    log = tmp_path / "t.csv"
+    assert main(["--targets", "teacher", "--data", str(raw), "--teacher-dir", str(teacher), "--epochs", "1",
+                 "--steps-per-epoch", "2", "--batch", "2", "--patch", "16", "--channels", "8", "--blocks", "1",
+                 "--log-path", str(log), "--weights-dir", str(tmp_path / "w"), "--name", "distilled"]) == 0
+    assert len(_rows(log)) == 1
+    assert load_manifest(tmp_path / "w")["distilled"].training["targets"] == "teacher"
+
+
+def test_missing_training_data_is_a_clear_error(tmp_path, capsys):
+    from trainers.train_student import main
+
+    assert main(["--data", str(tmp_path), "--epochs", "1", "--log-path", str(tmp_path / "l.csv")]) == 2
+    assert "BSDS500" in capsys.readouterr().err
