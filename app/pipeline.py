@@ -10,10 +10,12 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from capture.ring_buffer import RingBuffer
+from capture.source import Source
 from capture.sources import SourceOptions, open_source
 from capture.worker import CaptureStatus, CaptureWorker
 from engine.processor import Processor, Result, make_processor
@@ -56,11 +58,19 @@ class LatencyWindow:
         return float(np.median(lat)), float(np.percentile(lat, 99)), rate
 
 
-class LivePipeline:
-    """Owns the ring, the capture worker and the engine worker; swaps sources and processors live."""
+# Turns a --source spec into a Source (not yet opened); tests pass one that knows emulated devices.
+SourceOpener = Callable[[str, SourceOptions], Source]
 
-    def __init__(self, config: PipelineConfig = PipelineConfig()):
+
+class LivePipeline:
+    """Owns the ring, the capture worker and the engine worker; swaps sources and processors live.
+
+    `opener` makes a Source from a spec (default: capture.sources.open_source).
+    """
+
+    def __init__(self, config: PipelineConfig = PipelineConfig(), opener: SourceOpener = open_source):
         self.config = config
+        self.opener = opener
         self.ring = RingBuffer(config.ring_capacity)
         self.slot = ResultSlot()
         self.capture: CaptureWorker | None = None
@@ -76,14 +86,14 @@ class LivePipeline:
         self._start_capture(self.source_spec)
 
     def _start_capture(self, spec: str) -> None:
-        source = open_source(spec, self.config.source_options)
+        source = self.opener(spec, self.config.source_options)
         self.capture = CaptureWorker(source, self.ring, close_ring_on_exit=False)
         self.capture.start()
         self.source_spec = spec
 
     def switch_source(self, spec: str) -> None:
         """Stop the current source and start `spec`; raises (keeping the old one) if spec is invalid."""
-        source = open_source(spec, self.config.source_options)  # validate before stopping the old one
+        source = self.opener(spec, self.config.source_options)  # validate before stopping the old one
         if self.capture is not None:
             self.capture.stop()
         self.capture = CaptureWorker(source, self.ring, close_ring_on_exit=False)
