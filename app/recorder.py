@@ -1,0 +1,413 @@
+"""Recorder: enhanced video to a file on its own thread, fed through a bounded drop-oldest queue.
+
+    engine thread --put_nowait--> RecordQueue (bounded; full: drop the oldest, count it) --> recorder thread
+                                                                                         encode -> mux -> file
+
+H.264 in MP4 through PyAV (libx264, ultrafast, zero-latency), or MJPEG in MKV where no H.264 encoder
+exists. Timestamps come from capture times (PTS = capture time - first capture time, 1/90000 s), so
+playback runs at the speed things happened, whatever rate the engine managed. The MP4 is fragmented
+(a fragment per keyframe, one a second) so even a killed process leaves a playable file; `stop()`
+drains what is queued, flushes the encoder and closes the file properly.
+
+Nothing is lost silently: frames dropped because the recorder fell behind, and frames still queued
+when a stop had to give up waiting, are counted in `RecorderStatus.dropped`. A write error (a full
+disk: ENOSPC) ends the recording with a message in FAILED state; whoever feeds the queue keeps
+running. No Qt here: the window polls `status()` or passes `on_status`.
+"""
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import cv2
+import numpy as np
+
+from engine.processor import Result
+
+TIME_BASE = Fraction(1, 90000)  # the usual video clock: capture times keep sub-millisecond precision
+_FRAGMENTED_MP4 = "frag_keyframe+empty_moov+default_base_moof"
+
+
+class RecorderState(str, enum.Enum):
+    IDLE = "idle"  # made, not started
+    RECORDING = "recording"
+    STOPPING = "stopping"  # draining the queue and closing the file
+    FINISHED = "finished"  # the file is complete
+    FAILED = "failed"  # a write or encode error ended the recording; `message` says why
+
+
+@dataclass(frozen=True)
+class RecorderConfig:
+    """path: the file to write (its suffix is changed to .mkv when MJPEG is used).
+    side_by_side: record the input (upscaled, nearest) beside the output instead of the output alone.
+    codec: "auto" (H.264/MP4 when available, else MJPEG/MKV), "h264" or "mjpeg".
+    queue_size: results waiting for the encoder; when full the oldest is dropped and counted.
+    crf / preset: H.264 quality and speed (ultrafast leaves the CPU to the engine).
+    keyframe_s: a keyframe (and an MP4 fragment) this often.
+    drain_timeout_s: how long stop() keeps encoding what is queued before counting the rest dropped.
+    """
+
+    path: Path
+    side_by_side: bool = False
+    codec: str = "auto"
+    queue_size: int = 64
+    crf: int = 23
+    preset: str = "ultrafast"
+    keyframe_s: float = 1.0
+    fps_hint: float = 30.0
+    drain_timeout_s: float = 3.0
+
+
+@dataclass(frozen=True)
+class RecorderStatus:
+    """frames: frames written. dropped: frames offered but never written (the recorder fell behind,
+    or they were still queued when a stop gave up). bytes: file size so far. elapsed_s: capture-time
+    span of the recording (what playback will last). message: why it failed, or a note (fallbacks)."""
+
+    state: RecorderState
+    path: Path
+    codec: str
+    frames: int
+    dropped: int
+    bytes: int
+    elapsed_s: float
+    size: tuple[int, int] | None  # (width, height) of the video
+    message: str | None
+
+
+class RecorderError(Exception):
+    """The recording could not start (bad path, no encoder); the message says what to do."""
+
+
+class RecordQueue(queue.Queue):
+    """A bounded queue whose non-blocking put never fails: when full it drops the oldest item and
+    counts it, so a producer that must not wait (the engine thread) can always hand over the newest.
+    After close(), puts are ignored (the recording is over; those frames were never part of it)."""
+
+    def __init__(self, maxsize: int):
+        if maxsize <= 0:
+            raise ValueError(f"RecordQueue must be bounded, got maxsize={maxsize}")
+        super().__init__(maxsize)
+        self.dropped = 0
+        self.closed = False
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        """block=False (put_nowait): never waits, drops the oldest when full. block=True: waits for
+        room like queue.Queue (raising queue.Full after `timeout`). Either way a no-op once closed."""
+        with self.not_full:
+            if block:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while self._qsize() >= self.maxsize and not self.closed:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise queue.Full
+                    self.not_full.wait(remaining)
+            if self.closed:
+                return
+            if self._qsize() >= self.maxsize:
+                self._get()  # the oldest goes; its task is done as far as join() is concerned
+                self.unfinished_tasks -= 1
+                self.dropped += 1
+            self._put(item)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+
+    def close(self) -> int:
+        """Refuse further items and discard the queued ones; returns how many were discarded."""
+        with self.mutex:
+            self.closed = True
+            n = self._qsize()
+            self.queue.clear()
+            self.unfinished_tasks = max(0, self.unfinished_tasks - n)
+            self.all_tasks_done.notify_all()
+            self.not_full.notify_all()
+            return n
+
+
+# -- pure helpers -----------------------------------------------------------------------------
+def h264_available() -> bool:
+    import av
+
+    try:
+        av.codec.Codec("libx264", "w")
+        return True
+    except Exception:
+        return False
+
+
+def choose_codec(requested: str, path: Path) -> tuple[str, Path, str | None]:
+    """('h264' | 'mjpeg', the path to write, a note for the user or None).
+
+    "auto" takes H.264 in MP4 when libx264 is there, else MJPEG in MKV (and says so)."""
+    if requested not in ("auto", "h264", "mjpeg"):
+        raise RecorderError(f"recording codec {requested!r} is not 'auto', 'h264' or 'mjpeg'")
+    if requested in ("auto", "h264") and h264_available():
+        return "h264", path, None
+    if requested == "h264":
+        raise RecorderError("this PyAV/FFmpeg build has no H.264 encoder (libx264); record with codec 'mjpeg' "
+                            "(MKV) or install an FFmpeg with libx264")
+    mkv = path.with_suffix(".mkv")
+    note = None if requested == "mjpeg" else f"no H.264 encoder here: recording MJPEG to {mkv.name}"
+    return "mjpeg", mkv, note
+
+
+def compose_frame(result: Result, side_by_side: bool) -> np.ndarray:
+    """The picture to record: result.output (sH, sW, 3), or [input upscaled nearest | output]
+    as (sH, 2 sW, 3) uint8 BGR when side_by_side."""
+    out = result.output
+    if not side_by_side or result.input_bgr is None:
+        return out
+    h, w = out.shape[:2]
+    before = result.input_bgr
+    if before.shape[:2] != (h, w):
+        before = cv2.resize(before, (w, h), interpolation=cv2.INTER_NEAREST)
+    return np.hstack([before, out])
+
+
+def fit_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) -> (height, width, 3) for size (width, height): unchanged if it already fits, else
+    resized (a processor or source switched mid-recording; the video keeps its size)."""
+    w, h = size
+    if image.shape[1] == w and image.shape[0] == h:
+        return image
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """4:2:0 video needs even sizes: round down to even (at least 2)."""
+    return max(2, width - width % 2), max(2, height - height % 2)
+
+
+def describe_os_error(exc: OSError, path: Path) -> str:
+    """A message for a write failure that says what happened and what to do."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"recording stopped: the disk is full writing {path} ({exc.strerror or exc}). "
+                f"Free some space or record to another disk; the preview keeps running.")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"recording stopped: cannot write {path} ({exc.strerror or exc}); choose a writable folder."
+    return f"recording stopped: writing {path} failed: {exc}"
+
+
+# -- the recorder ------------------------------------------------------------------------------
+class Recorder:
+    """One recording: start(), feed `queue` (or offer()), stop(). A Recorder runs once.
+
+    opener: how the file is opened, (path) -> a binary, seekable file object; the recorder writes
+    through it and closes it. Default: open(path, "w+b").
+    on_status: called from the recorder thread when the state changes (keep it quick).
+    """
+
+    def __init__(self, config: RecorderConfig, opener: Callable[[Path], BinaryIO] | None = None,
+                 on_status: Callable[[RecorderStatus], None] | None = None):
+        if config.queue_size <= 0:
+            raise RecorderError(f"queue_size must be positive, got {config.queue_size}")
+        self.config = config
+        self.codec, self.path, self._note = choose_codec(config.codec, Path(config.path))
+        self.queue = RecordQueue(config.queue_size)
+        self._opener = opener or (lambda p: open(p, "w+b"))
+        self._on_status = on_status
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._state = RecorderState.IDLE
+        self._message: str | None = self._note
+        self._frames = 0
+        self._discarded = 0  # queued at a stop that gave up, or after a failure
+        self._bytes = 0
+        self._t0_ns: int | None = None
+        self._t_last_ns: int | None = None
+        self._last_pts = -1
+        self._size: tuple[int, int] | None = None
+        self._file: BinaryIO | None = None
+        self._container = None
+        self._stream = None
+
+    # -- control (any thread) -------------------------------------------------------------------
+    def start(self) -> None:
+        """Open the file and start the thread. Raises RecorderError if the file cannot be created."""
+        if self._thread is not None:
+            raise RuntimeError("Recorder.start() called twice; make a new Recorder for a new recording")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self._opener(self.path)
+        except OSError as exc:
+            raise RecorderError(describe_os_error(exc, self.path).replace("recording stopped", "cannot record")) from exc
+        self._set_state(RecorderState.RECORDING)
+        self._thread = threading.Thread(target=self._run, name="eyefuse-recorder", daemon=True)
+        self._thread.start()
+
+    def offer(self, result: Result) -> None:
+        """Hand over a result without waiting (drops the oldest queued one when full)."""
+        self.queue.put_nowait(result)
+
+    def stop(self, timeout: float | None = None) -> RecorderStatus:
+        """Finish: encode what is queued (for up to drain_timeout_s), flush, close the file.
+        Returns the final status. Safe to call more than once and from any thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout if timeout is not None else self.config.drain_timeout_s + 5.0)
+        elif self._state is RecorderState.IDLE:
+            self._discard_queue()
+            self._set_state(RecorderState.FINISHED, self._message)
+        return self.status()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def status(self) -> RecorderStatus:
+        with self._lock:
+            elapsed = 0.0
+            if self._t0_ns is not None and self._t_last_ns is not None:
+                elapsed = (self._t_last_ns - self._t0_ns) / 1e9
+            return RecorderStatus(self._state, self.path, self.codec, self._frames,
+                                  self.queue.dropped + self._discarded, self._bytes, elapsed, self._size,
+                                  self._message)
+
+    # -- the thread -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                if self._stop.is_set():
+                    self._drain()
+                    break
+                try:
+                    result = self.queue.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                self._write(result)
+                self.queue.task_done()
+            self._close_container(flush=True)
+            self._set_state(RecorderState.FINISHED, self._message)
+        except OSError as exc:
+            self._fail(describe_os_error(exc, self.path))
+        except Exception as exc:  # an encoder or library error: a state with a message, not a dead thread
+            self._fail(f"recording stopped: {type(exc).__name__}: {exc}")
+        finally:
+            self._close_file()
+
+    def _drain(self) -> None:
+        self._set_state(RecorderState.STOPPING, self._message)
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                result = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            self._write(result)
+            self.queue.task_done()
+        self._discard_queue()
+
+    def _discard_queue(self) -> None:
+        n = self.queue.close()
+        with self._lock:
+            self._discarded += n
+
+    def _write(self, result: Result) -> None:
+        if result.output is None:  # an error result carries no enhanced picture
+            return
+        image = compose_frame(result, self.config.side_by_side)
+        if self._container is None:
+            self._open_container(*even_size(image.shape[1], image.shape[0]))
+        image = fit_to(image, self._size)
+        import av
+
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
+        if self._t0_ns is None:
+            self._t0_ns = result.t_capture_ns
+        pts = round((result.t_capture_ns - self._t0_ns) * TIME_BASE.denominator / 1e9)
+        pts = max(pts, self._last_pts + 1)  # strictly increasing, whatever the clock did
+        frame.pts, frame.time_base = pts, TIME_BASE
+        self._last_pts = pts
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        with self._lock:
+            self._frames += 1
+            self._t_last_ns = max(self._t_last_ns or result.t_capture_ns, result.t_capture_ns)
+            self._bytes = max(self._bytes, self._tell())
+
+    def _open_container(self, width: int, height: int) -> None:
+        import av
+
+        if self.codec == "h264":
+            container = av.open(self._file, "w", format="mp4", options={"movflags": _FRAGMENTED_MP4})
+            stream = container.add_stream("libx264", rate=round(self.config.fps_hint))
+            stream.pix_fmt = "yuv420p"
+            stream.codec_context.options = {"preset": self.config.preset, "tune": "zerolatency",
+                                            "crf": str(self.config.crf)}
+        else:
+            container = av.open(self._file, "w", format="matroska")
+            stream = container.add_stream("mjpeg", rate=round(self.config.fps_hint))
+            stream.pix_fmt = "yuvj420p"
+            stream.codec_context.options = {"q:v": "3"}
+        stream.width, stream.height = width, height
+        stream.time_base = TIME_BASE
+        stream.codec_context.time_base = TIME_BASE
+        stream.codec_context.gop_size = max(1, round(self.config.keyframe_s * self.config.fps_hint))
+        self._container, self._stream, self._size = container, stream, (width, height)
+
+    def _close_container(self, flush: bool) -> None:
+        container, self._container = self._container, None
+        if container is None:
+            return
+        try:
+            if flush:
+                for packet in self._stream.encode(None):
+                    container.mux(packet)
+        finally:
+            container.close()
+        with self._lock:
+            self._bytes = max(self._bytes, self._tell())
+
+    def _tell(self) -> int:
+        try:
+            return int(self._file.tell())
+        except (OSError, ValueError, AttributeError):
+            return self._bytes
+
+    def _fail(self, message: str) -> None:
+        n = self.queue.close()  # the recording is over: later results are not part of it
+        with self._lock:
+            self._discarded += n  # queued for this recording but never written
+        try:
+            self._close_container(flush=False)  # keep what was written playable, if the disk allows
+        except Exception:
+            pass
+        self._set_state(RecorderState.FAILED, message)
+
+    def _close_file(self) -> None:
+        f, self._file = self._file, None
+        if f is None:
+            return
+        try:
+            f.flush()
+            try:
+                os.fsync(f.fileno())
+            except (OSError, AttributeError, ValueError):
+                pass  # not a real file, or a device that cannot sync
+        except OSError as exc:
+            if self._state is not RecorderState.FAILED:
+                self._set_state(RecorderState.FAILED, describe_os_error(exc, self.path))
+        finally:
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    def _set_state(self, state: RecorderState, message: str | None = None) -> None:
+        with self._lock:
+            changed = (state, message) != (self._state, self._message)
+            self._state, self._message = state, message
+        if changed and self._on_status is not None:
+            try:
+                self._on_status(self.status())
+            except Exception:  # a broken callback must not end the recording
+                pass

@@ -1,0 +1,265 @@
+"""Recorder: real timestamps, side by side, counted drops, full disks at the OS boundary, clean stops."""
+from __future__ import annotations
+
+import errno
+import io
+import threading
+import time
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from app.recorder import Recorder, RecorderConfig, RecorderError, RecorderState, RecordQueue, compose_frame
+from capture.ring_buffer import RingBuffer
+from engine.processor import BicubicProcessor, Result
+from engine.worker import EngineWorker, WorkerConfig
+from tests.conftest import make_bgr_frame
+
+W, H = 160, 120  # input; outputs are 2x
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks(no_leaked_threads):
+    yield
+
+
+def scene(i: int, w: int = W, h: int = H) -> np.ndarray:
+    """A smooth moving gradient (compresses well, so decoded frames can be compared)."""
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None]
+    img = np.empty((h, w, 3), np.uint8)
+    img[..., 0] = (x + 3 * i) % 256
+    img[..., 1] = (y + 0 * x + 2 * i) % 256
+    img[..., 2] = 128
+    return img
+
+
+def result(i: int, t_ns: int) -> Result:
+    before = scene(i)
+    after = cv2.resize(before, (2 * W, 2 * H), interpolation=cv2.INTER_LINEAR)
+    return Result((), before, after, i, t_ns, t_ns, t_ns, {}, "test")
+
+
+def capture_times(n: int, fps: float = 30.0, gaps: dict[int, float] | None = None, t0: int = 10**12) -> list[int]:
+    """Capture times in ns at `fps`, with extra seconds of silence before frame k for k in gaps."""
+    out, t = [], float(t0)
+    for k in range(n):
+        t += (gaps or {}).get(k, 0.0) * 1e9
+        out.append(int(t))
+        t += 1e9 / fps
+    return out
+
+
+def decode(path: Path) -> tuple[list[float], list[np.ndarray], float]:
+    """(frame times in s, BGR frames, container duration in s) of a recording."""
+    with av.open(str(path)) as c:
+        times, frames = [], []
+        for f in c.decode(video=0):
+            times.append(float(f.pts * f.time_base))
+            frames.append(f.to_ndarray(format="bgr24"))
+        return times, frames, c.duration / 1e6 if c.duration else float("nan")
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * np.log10(255**2 / max(mse, 1e-12))
+
+
+def record(results, config: RecorderConfig, opener=None) -> Recorder:
+    rec = Recorder(config, opener=opener)
+    rec.start()
+    for r in results:
+        rec.queue.put(r)  # blocking put: these tests want every frame written
+    rec.stop()
+    return rec
+
+
+def test_h264_mp4_plays_at_capture_speed(tmp_path):
+    n = 90
+    times = capture_times(n, gaps={45: 0.5})  # the camera stalled half a second mid-way
+    rec = record([result(i, t) for i, t in enumerate(times)], RecorderConfig(tmp_path / "a.mp4"))
+    st = rec.status()
+    assert st.state is RecorderState.FINISHED and st.message is None
+    assert (st.frames, st.dropped, st.codec, st.size) == (n, 0, "h264", (2 * W, 2 * H))
+    assert st.bytes == (tmp_path / "a.mp4").stat().st_size > 0
+    decoded_t, frames, duration = decode(tmp_path / "a.mp4")
+    assert len(frames) == n, "every frame is in the file"
+    expected = [(t - times[0]) / 1e9 for t in times]
+    assert np.allclose(decoded_t, expected, atol=1e-3), "PTS are the capture times"
+    assert duration == pytest.approx(expected[-1] + 1 / 30, abs=0.05)
+    assert st.elapsed_s == pytest.approx(expected[-1], abs=1e-6)
+    for i in (0, 44, 45, 89):
+        assert psnr(frames[i], result(i, 0).output) > 30, f"frame {i} decodes to what was recorded"
+
+
+def test_side_by_side_puts_the_upscaled_input_left_of_the_output(tmp_path):
+    r = result(3, 0)
+    sbs = compose_frame(r, side_by_side=True)
+    assert sbs.shape == (2 * H, 4 * W, 3)
+    assert np.array_equal(sbs[:, : 2 * W], r.input_bgr.repeat(2, 0).repeat(2, 1)), "nearest: pixel for pixel"
+    assert np.array_equal(sbs[:, 2 * W :], r.output)
+    rec = record([result(i, t) for i, t in enumerate(capture_times(5))],
+                 RecorderConfig(tmp_path / "sbs.mp4", side_by_side=True))
+    assert rec.status().size == (4 * W, 2 * H)
+    _, frames, _ = decode(tmp_path / "sbs.mp4")
+    assert len(frames) == 5 and frames[0].shape == (2 * H, 4 * W, 3)
+
+
+def test_mjpeg_mkv_when_asked(tmp_path):
+    rec = record([result(i, t) for i, t in enumerate(capture_times(10))],
+                 RecorderConfig(tmp_path / "m.mp4", codec="mjpeg"))
+    st = rec.status()
+    assert st.path == tmp_path / "m.mkv" and st.codec == "mjpeg" and st.frames == 10
+    t, frames, _ = decode(st.path)
+    assert len(frames) == 10 and psnr(frames[9], result(9, 0).output) > 30
+    assert t[-1] == pytest.approx(9 / 30, abs=2e-3)
+
+
+def test_auto_falls_back_to_mjpeg_without_an_h264_encoder(tmp_path, monkeypatch):
+    real = av.codec.Codec
+
+    def no_x264(name, mode="r"):
+        if name in ("libx264", "h264") and mode == "w":
+            raise av.error.FFmpegError(-1, f"Unknown encoder '{name}'")  # what a build without it says
+        return real(name, mode)
+
+    monkeypatch.setattr(av.codec, "Codec", no_x264)
+    rec = Recorder(RecorderConfig(tmp_path / "x.mp4"))
+    assert rec.codec == "mjpeg" and rec.path.suffix == ".mkv"
+    assert "no H.264 encoder" in rec.status().message
+    rec.stop()
+
+
+def test_frames_the_recorder_could_not_keep_up_with_are_counted(tmp_path):
+    rec = Recorder(RecorderConfig(tmp_path / "d.mp4", queue_size=4))
+    times = capture_times(10)
+    for i, t in enumerate(times):  # the recorder thread is not running yet: it cannot keep up at all
+        rec.offer(result(i, t))  # never blocks
+    assert rec.status().dropped == 6
+    rec.start()
+    st = rec.stop()
+    assert (st.frames, st.dropped) == (4, 6)
+    t, frames, _ = decode(st.path)
+    assert len(frames) == 4
+    assert t == pytest.approx([(x - times[6]) / 1e9 for x in times[6:]], abs=1e-3), "the newest four were kept"
+
+
+def test_engine_feeds_the_record_queue_without_waiting(tmp_path):
+    """The engine's record queue is the recorder's: its drop-oldest put never blocks the engine."""
+    ring = RingBuffer(8)
+    q = RecordQueue(3)
+    worker = EngineWorker(ring, BicubicProcessor(), record_queue=q, config=WorkerConfig(poll_s=0.02))
+    worker.start()
+    try:
+        for seq in range(12):
+            ring.put(make_bgr_frame(seq, 16, 16))
+            deadline = time.monotonic() + 2
+            while worker.stats().processed + worker.stats().skipped < seq + 1 and time.monotonic() < deadline:
+                time.sleep(0.002)
+    finally:
+        assert worker.stop()
+    processed = worker.stats().processed
+    assert q.qsize() == 3 and q.dropped == processed - 3
+
+
+class _FillingFile(io.FileIO):
+    """A real file on a disk that fills up: writes past `capacity` bytes fail with ENOSPC, as write(2) does."""
+
+    def __init__(self, path, capacity: int):
+        super().__init__(path, "w+")
+        self.capacity = capacity
+
+    def write(self, b):
+        end = self.tell() + len(b)
+        if end > self.capacity:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(b)
+
+
+def test_a_disk_that_fills_mid_recording_stops_it_with_a_message(tmp_path):
+    statuses = []
+    rec = Recorder(RecorderConfig(tmp_path / "full.mp4", keyframe_s=0.2),
+                   opener=lambda p: _FillingFile(p, 60_000), on_status=statuses.append)
+    rec.start()
+    times = capture_times(300)
+    for i, t in enumerate(times):
+        if not rec.alive:
+            break
+        rec.queue.put(result(i, t), timeout=5)
+    assert rec.stop().state is RecorderState.FAILED
+    st = rec.status()
+    assert "disk is full" in st.message and str(rec.path) in st.message and "free some space" in st.message.lower()
+    assert 0 < st.frames < 300
+    assert statuses[-1].state is RecorderState.FAILED
+    rec.offer(result(0, times[-1]))  # a producer that has not noticed yet is not hurt
+    assert rec.queue.qsize() == 0
+    _, frames, _ = decode(rec.path)  # fragmented MP4: what reached the disk still plays
+    assert len(frames) >= 1
+
+
+def test_dev_full_stops_recording_at_the_first_write(tmp_path):
+    rec = Recorder(RecorderConfig(Path("/dev/full")))
+    rec.start()  # opening /dev/full works; writing to it fails with ENOSPC, as on a full disk
+    times = capture_times(60)
+    for i, t in enumerate(times):
+        rec.offer(result(i, t))
+        if not rec.alive:
+            break
+        time.sleep(0.005)
+    st = rec.stop()
+    assert st.state is RecorderState.FAILED and "disk is full" in st.message
+
+
+def test_stop_while_frames_keep_coming_leaves_a_complete_file(tmp_path):
+    rec = Recorder(RecorderConfig(tmp_path / "s.mp4"))
+    rec.start()
+    stop_feeding = threading.Event()
+    offered = []
+
+    def feed():
+        i = 0
+        while not stop_feeding.is_set():
+            rec.offer(result(i, time.monotonic_ns()))
+            offered.append(i)
+            i += 1
+            time.sleep(1 / 60)
+
+    feeder = threading.Thread(target=feed, name="test-feeder")
+    feeder.start()
+    try:
+        while rec.status().frames < 20:
+            time.sleep(0.01)
+        st = rec.stop()  # frames are still arriving
+    finally:
+        stop_feeding.set()
+        feeder.join()
+    assert st.state is RecorderState.FINISHED
+    _, frames, duration = decode(st.path)
+    assert len(frames) == st.frames >= 20
+    assert st.frames + st.dropped <= len(offered), "every frame is written or counted, none twice"
+    assert duration > 0
+
+
+def test_an_unwritable_folder_is_refused_at_start(tmp_path):
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    try:
+        if _can_write(tmp_path / "ro"):
+            pytest.skip("running as root: folder permissions do not stop us")
+        rec = Recorder(RecorderConfig(tmp_path / "ro" / "x.mp4"))
+        with pytest.raises(RecorderError, match="cannot record.*writable folder"):
+            rec.start()
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+
+
+def _can_write(folder: Path) -> bool:
+    try:
+        (folder / ".probe").write_bytes(b"")
+        (folder / ".probe").unlink()
+        return True
+    except OSError:
+        return False
