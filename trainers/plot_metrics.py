@@ -1,7 +1,8 @@
 """`python -m trainers.plot_metrics --log-path LOG.csv`: loss and PSNR curves next to the log.
 
-Reads the per-epoch CSV the training loop writes (epoch, train_l1, val_l1, train_psnr, val_psnr,
-lr, seconds) and writes loss_plot.png and psnr_plot.png in the log's folder.
+Reads the per-epoch CSV the training loops write (epoch, train_l1, val_l1, train_psnr, val_psnr,
+lr, seconds) and writes LOG_loss_plot.png and LOG_psnr_plot.png in the log's folder (named after
+the log, so the logs of several runs can share training_logs/ without overwriting each other's plots).
 """
 from __future__ import annotations
 
@@ -41,8 +42,13 @@ def read_log(path: Path) -> dict[str, list[float]]:
     return cols
 
 
+def plot_paths(log_path: Path) -> tuple[Path, Path]:
+    """Where the loss and PSNR plots of `log_path` go: <stem>_loss_plot.png, <stem>_psnr_plot.png beside it."""
+    return (log_path.parent / f"{log_path.stem}_loss_plot.png", log_path.parent / f"{log_path.stem}_psnr_plot.png")
+
+
 def plot(log_path: Path) -> tuple[Path, Path]:
-    """Write loss_plot.png and psnr_plot.png beside the log; returns their paths."""
+    """Write the loss and PSNR plots beside the log (see plot_paths); returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -50,10 +56,10 @@ def plot(log_path: Path) -> tuple[Path, Path]:
 
     cols = read_log(log_path)
     out = []
-    for name, (train, val, ylabel) in {
-        "loss_plot.png": ("train_l1", "val_l1", "L1 loss"),
-        "psnr_plot.png": ("train_psnr", "val_psnr", "PSNR (dB)"),
-    }.items():
+    for path, (train, val, ylabel) in zip(plot_paths(log_path), [
+        ("train_l1", "val_l1", "L1 loss"),
+        ("train_psnr", "val_psnr", "PSNR (dB)"),
+    ]):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         ax.plot(cols["epoch"], cols[train], marker="o", ms=3, label="train")
         ax.plot(cols["epoch"], cols[val], marker="o", ms=3, label="validation")
@@ -63,7 +69,6 @@ def plot(log_path: Path) -> tuple[Path, Path]:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        path = log_path.parent / name
         fig.savefig(path)
         plt.close(fig)
         out.append(path)
