@@ -315,7 +315,8 @@ def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path
         val = teacher_validation_set(cfg.data, cfg.teacher_dir, scale) if rank == 0 else []
 
     model = nn.parallel.DistributedDataParallel(net) if distributed else net
-    per_rank_batch = max(1, cfg.batch // (dist.get_world_size() if distributed else 1))
+    world_size = dist.get_world_size() if distributed else 1
+    per_rank_batch = max(1, cfg.batch // world_size)
     net.train()
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.monotonic()
@@ -335,6 +336,10 @@ def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path
             opt.step()
             l1_sum += loss.item()
             psnr_sum += psnr_t(out.detach(), hr_b)
+        if distributed:  # the logged training figures are the mean over every rank's batches
+            sums = torch.tensor([l1_sum, psnr_sum], dtype=torch.float64)
+            dist.all_reduce(sums)
+            l1_sum, psnr_sum = (sums / dist.get_world_size()).tolist()
         if rank == 0:
             val_l1, val_psnr = evaluate(net, val, scale)
             row = dict(epoch=epoch, train_l1=l1_sum / cfg.steps_per_epoch, val_l1=val_l1,
@@ -345,7 +350,7 @@ def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path
                         "state": {k: v.clone() for k, v in net.state_dict().items()}}
             append_log(log_path, row)
             save_checkpoint(checkpoint, dict(arch=cfg.arch, model_kwargs=model_kwargs, model=net.state_dict(),
-                                             optimizer=opt.state_dict(),
+                                             optimizer=opt.state_dict(), world_size=world_size,
                                              epoch=epoch, best=best, torch_rng=torch.get_rng_state()))
             printer(f"epoch {epoch}/{cfg.epochs} train L1 {row['train_l1']:.4f} PSNR {row['train_psnr']:.2f} | "
                     f"val L1 {val_l1:.4f} PSNR {val_psnr:.2f} | lr {row['lr']:.2e} | {row['seconds']:.0f} s")
@@ -365,7 +370,7 @@ def export_and_register(net: nn.Module, name: str, cfg: TrainConfig, log_path: P
     macs = macs_per_input_pixel(net)
     training = {"command": command, "targets": cfg.targets, "data": str(cfg.data),
                 "epochs": cfg.epochs, "steps": cfg.epochs * cfg.steps_per_epoch, "batch": cfg.batch,
-                "patch": cfg.patch, "loss": "L1", "log": os.path.relpath(log_path, REPO) if log_path.is_relative_to(REPO) else str(log_path)}
+                "patch": cfg.patch, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "loss": "L1", "log": os.path.relpath(log_path, REPO) if log_path.is_relative_to(REPO) else str(log_path)}
     rows = list(csv.DictReader(open(log_path))) if log_path.exists() else []
     best = max(rows, key=lambda r: float(r["val_psnr"])) if rows else None
     quality = {"val_psnr": float(best["val_psnr"]), "val_epoch": int(best["epoch"]),
