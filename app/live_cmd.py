@@ -14,11 +14,23 @@ def add_parser(sub) -> None:
     p = sub.add_parser("live", help="run the live pipeline (the window, or --headless)")
     p.add_argument("--source", default="simulated", help="see `eyefuse sources` (default: simulated)")
     p.add_argument("--model", default="student_sr", help="processor: a model in weights/manifest.json or bicubic")
-    p.add_argument("--headless", action="store_true", help="no window: print live figures")
+    p.add_argument("--headless", action="store_true", help="no window and no Qt at all: print live figures")
     p.add_argument("--frames", type=int, default=None, help="stop after N displayed frames")
     p.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
     p.add_argument("--stats", default=None, help="write the final figures to this JSON file")
     p.add_argument("--fast", action="store_true", help="do not pace files/simulated camera in real time")
+    w = p.add_argument_group("window")
+    w.add_argument("--offscreen", action="store_true",
+                   help="run the window without a display (Qt offscreen platform): for tests and benchmarks")
+    w.add_argument("--record", default=None, metavar="OUT.mp4",
+                   help="record the enhanced video from the start (H.264 MP4; MJPEG MKV where H.264 is missing)")
+    w.add_argument("--record-side-by-side", action="store_true", help="record input and output side by side")
+    w.add_argument("--screenshot", default=None, metavar="OUT.png",
+                   help="save the window when the run ends (after --frames/--seconds)")
+    w.add_argument("--burst", type=int, default=None, help="burst length for BurstFusion (default 8)")
+    w.add_argument("--steps", type=int, choices=(1, 2, 4), default=None,
+                   help="step count for processors that have one")
+    w.add_argument("--weights-dir", default=None, help="weights folder (default: the repository's weights/)")
     p.set_defaults(run=run)
 
 

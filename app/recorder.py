@@ -52,6 +52,7 @@ class RecorderConfig:
     queue_size: results waiting for the encoder; when full the oldest is dropped and counted.
     crf / preset: H.264 quality and speed (ultrafast leaves the CPU to the engine).
     keyframe_s: a keyframe (and an MP4 fragment) this often.
+    encoder_threads: threads the encoder may use (0: FFmpeg decides, usually one per core and more).
     drain_timeout_s: how long stop() keeps encoding what is queued before counting the rest dropped.
     """
 
@@ -63,6 +64,7 @@ class RecorderConfig:
     preset: str = "ultrafast"
     keyframe_s: float = 1.0
     fps_hint: float = 30.0
+    encoder_threads: int = 2  # enough to keep up at 1280x960 on 2 cores; 0 lets FFmpeg pick (more)
     drain_timeout_s: float = 3.0
 
 
@@ -352,6 +354,7 @@ class Recorder:
         stream.time_base = TIME_BASE
         stream.codec_context.time_base = TIME_BASE
         stream.codec_context.gop_size = max(1, round(self.config.keyframe_s * self.config.fps_hint))
+        stream.codec_context.thread_count = max(0, int(self.config.encoder_threads))
         self._container, self._stream, self._size = container, stream, (width, height)
 
     def _close_container(self, flush: bool) -> None:

@@ -1,0 +1,376 @@
+"""The live window, offscreen: frames flow, controls switch things while running, recording,
+a camera unplugged and plugged back, weights that fail and come back, closing mid-recording."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("pytestqt")
+
+from PyQt6.QtCore import QPoint, Qt  # noqa: E402
+
+from app.pipeline import PipelineConfig  # noqa: E402
+from app.recorder import RecorderState  # noqa: E402
+from app.viewer import (  # noqa: E402
+    BeforeAfterViewer, Rect, ViewMode, bgr_qimage, clamp_center, fit_scale, image_rect, widget_to_image, zoom_about,
+)
+from app.window import MainWindow, RunPlan, WindowOptions, make_window_processor, run_window  # noqa: E402
+from capture.convert import to_bgr8  # noqa: E402
+from capture.sources import SourceOptions, open_source  # noqa: E402
+from engine.processor import BicubicProcessor, Processor, ProcessingError, StageTimer  # noqa: E402
+from tests.onnx_models import make_weights_dir  # noqa: E402
+
+SMALL = "simulated:160x120@30"  # 2x output: 320x240, cheap enough for a busy 2-core machine
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks(no_leaked_threads):
+    yield
+
+
+class FakeSteps(Processor):
+    """2x nearest, repeated `steps` times (one "step" stage each): a processor with a step count."""
+
+    name = "fake_steps"
+
+    def __init__(self):
+        self._steps = 1
+
+    @property
+    def steps(self) -> int:
+        return self._steps
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        if value not in (1, 2, 4):
+            raise ValueError(f"fake_steps takes 1, 2 or 4 steps, not {value}")
+        self._steps = value
+
+    def enhance(self, frames, timer: StageTimer):
+        bgr = to_bgr8(frames[-1])
+        for _ in range(self._steps):
+            with timer.stage("step"):
+                out = cv2.resize(bgr, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+        return bgr, out
+
+
+class Flaky(BicubicProcessor):
+    """Bicubic that fails while `broken` is set (an engine error the window must show and recover from)."""
+
+    broken = False
+
+    def __init__(self):
+        super().__init__(2)
+        self.name = "flaky"
+
+    def enhance(self, frames, timer):
+        if Flaky.broken:
+            raise ProcessingError("flaky: the model ran out of luck")
+        return super().enhance(frames, timer)
+
+
+def slow_bicubic() -> Processor:
+    time.sleep(1.5)  # a model that takes long to load
+    p = BicubicProcessor(2)
+    p.name = "slow_load"
+    return p
+
+
+def factory(name, settings):
+    if name == "fake_steps":
+        return FakeSteps()
+    if name == "slow_load":
+        return slow_bicubic()
+    if name == "flaky":
+        return Flaky()
+    return make_window_processor(name, settings)
+
+
+@pytest.fixture
+def open_window(qtbot, tmp_path):
+    windows = []
+
+    def make(source=SMALL, processor="bicubic", opener=open_source, choices=None, plan=RunPlan(), **options):
+        opts = WindowOptions(record_dir=tmp_path / "rec", snapshot_dir=tmp_path / "snap", size=(900, 600),
+                             stats_interval_ms=100, **options)
+        w = MainWindow(PipelineConfig(source=source, processor=processor), opts, plan, opener=opener,
+                       processor_factory=factory,
+                       choices=choices or ["bicubic", "fake_steps", "slow_load", "flaky", "passthrough"])
+        qtbot.addWidget(w)
+        windows.append(w)
+        w.show()
+        w.start()
+        return w
+
+    yield make
+    for w in windows:
+        w.close()  # stops every thread before no_leaked_threads looks
+
+
+def wait_frames(qtbot, w: MainWindow, n: int, timeout: int = 10_000) -> None:
+    target = w.frames_shown + n
+    qtbot.waitUntil(lambda: w.frames_shown >= target, timeout=timeout)
+
+
+def choose(box, data) -> None:
+    """Pick an item of a combo box the way a user does (activated fires only for user choices)."""
+    i = box.findData(data)
+    assert i >= 0, f"{data!r} is not offered"
+    box.setCurrentIndex(i)
+    box.activated.emit(i)
+
+
+def decode(path: Path):
+    with av.open(str(path)) as c:
+        times = [float(f.pts * f.time_base) for f in c.decode(video=0)]
+        return times, (c.duration / 1e6 if c.duration else float("nan"))
+
+
+# -- the viewer alone -------------------------------------------------------------------------------
+def test_view_geometry_is_pure_arithmetic():
+    assert fit_scale(1280, 960, 640, 600) == 0.5
+    assert clamp_center(0, 0, 1280, 960, 640, 480, 1.0) == (320, 240), "no panning past the top-left"
+    assert clamp_center(5000, 0, 1280, 960, 2000, 480, 1.0) == (640, 240), "smaller than the view: centred"
+    r = image_rect(1280, 960, Rect(0, 0, 640, 480), 1.0, 320, 240)
+    assert (r.x, r.y, r.w, r.h) == (0, 0, 1280, 960)
+    assert widget_to_image(10, 20, r, 1280, 960) == (10, 20)
+    assert zoom_about(100, 100, 1.0, 2.0, 50, 50) == (75, 75), "the point under the cursor stays put"
+
+
+def test_qimage_wraps_the_frame_without_copying():
+    a = np.zeros((4, 6, 3), np.uint8)
+    a[..., 2] = 255
+    a.setflags(write=False)  # frames are read-only
+    img, kept = bgr_qimage(a)
+    assert kept is a and int(img.constBits()) == a.ctypes.data
+    assert img.pixelColor(0, 0).name() == "#ff0000"
+    with pytest.raises(ValueError, match="uint8 BGR"):
+        bgr_qimage(np.zeros((4, 6), np.uint8))
+
+
+def test_wipe_side_by_side_zoom_and_divider_drag(qtbot):
+    v = BeforeAfterViewer()
+    qtbot.addWidget(v)
+    v.resize(640, 480)
+    v.show()
+    before = np.zeros((120, 160, 3), np.uint8)
+    before[..., 0] = 255  # blue
+    after = np.zeros((240, 320, 3), np.uint8)
+    after[..., 2] = 255  # red
+    painted = []
+    v.painted.connect(lambda token, t: painted.append(token))
+    v.set_frame(before, after, token="f1")
+    qtbot.waitUntil(lambda: painted == ["f1"])
+    assert v.image_size == (320, 240), "both drawn in the output grid"
+    assert v.scale == pytest.approx(2.0), "fit to 640x480"
+    img = v.grab().toImage()
+    assert img.pixelColor(100, 240).name() == "#0000ff" and img.pixelColor(540, 240).name() == "#ff0000"
+    x = round(v.divider_x())
+    qtbot.mousePress(v, Qt.MouseButton.LeftButton, pos=QPoint(x, 240))
+    qtbot.mouseMove(v, QPoint(160, 240))
+    qtbot.mouseRelease(v, Qt.MouseButton.LeftButton, pos=QPoint(160, 240))
+    assert v.divider == pytest.approx(0.25, abs=0.01)
+    img = v.grab().toImage()
+    assert img.pixelColor(300, 240).name() == "#ff0000", "after shows right of the moved divider"
+    v.zoom_actual()
+    assert v.scale == 1.0 and not v.fitted
+    v.fit_to_window()
+    assert v.fitted and v.scale == pytest.approx(2.0)
+    v.set_mode(ViewMode.SIDE)
+    img = v.grab().toImage()
+    assert img.pixelColor(150, 240).name() == "#0000ff" and img.pixelColor(490, 240).name() == "#ff0000"
+    assert v.scale == pytest.approx(318 / 320, abs=0.01), "each pane fits the picture"
+
+
+# -- the window -----------------------------------------------------------------------------------
+def test_frames_flow_with_figures_overlay_and_help(open_window, qtbot):
+    w = open_window()
+    wait_frames(qtbot, w, 15)
+    qtbot.waitUntil(lambda: w.stats_panel.value("capture") not in ("", "0.0 fps"), timeout=5000)
+    s = w.snapshot_stats()
+    assert s.input_size == (160, 120) and s.output_size == (320, 240)
+    assert s.processor == "bicubic" and 0 < s.latency_median_ms < 5000
+    assert set(s.stage_ms) == {"convert", "resize"}
+    assert w.stats_panel.value("model") == "bicubic"
+    assert "capture→display" in w.viewer._overlay[1]
+    assert not w.steps_box.isEnabled() and "no step count" in w.steps_box.toolTip()
+    assert not w.burst_box.isEnabled()
+    w.toggle_help()
+    keys = dict(w.help_rows())
+    for k in ("Space", "S", "R", "B", "F", "1", "H, F1, ?", "M", "K", "O"):
+        assert k in keys, f"shortcut {k} missing from the help"
+    assert w.viewer.help_visible
+    w.activateWindow()
+    qtbot.waitUntil(w.isActiveWindow, timeout=3000)
+    qtbot.keyClick(w.viewer, Qt.Key.Key_H)  # the shortcuts are real keys
+    assert not w.viewer.help_visible
+    qtbot.keyClick(w.viewer, Qt.Key.Key_B)
+    assert w.viewer.mode is ViewMode.SIDE and w.side_action.isChecked()
+    qtbot.keyClick(w.viewer, Qt.Key.Key_1)
+    assert w.viewer.scale == 1.0
+    qtbot.keyClick(w.viewer, Qt.Key.Key_F)
+    assert w.viewer.fitted
+    assert not w.banner.isVisible()
+
+
+def test_switch_processor_and_steps_while_running(open_window, qtbot):
+    w = open_window()
+    wait_frames(qtbot, w, 5)
+    choose(w.processor_box, "fake_steps")
+    qtbot.waitUntil(lambda: w.snapshot_stats().processor == "fake_steps" and w.steps_box.isEnabled(), timeout=5000)
+    choose(w.steps_box, 4)
+    qtbot.waitUntil(lambda: w._current is not None and w._current.steps == 4, timeout=5000)
+    qtbot.waitUntil(lambda: w.snapshot_stats().stage_ms.get("step") is not None, timeout=5000)
+
+    # A model that takes 1.5 s to load: the picture keeps coming from the old one meanwhile.
+    n0, t0 = w.frames_shown, time.monotonic()
+    choose(w.processor_box, "slow_load")
+    qtbot.wait(700)
+    assert w.snapshot_stats().processor == "fake_steps", "still loading"
+    assert w.frames_shown >= n0 + 5, "the video did not wait for the load"
+    qtbot.waitUntil(lambda: w.snapshot_stats().processor == "slow_load", timeout=8000)
+    gaps = np.diff([t for t, _ in w._timeline if t >= t0 - w._t0])
+    assert gaps.max() < 1.0, f"a {gaps.max():.2f} s gap in the display while a 1.5 s load ran"
+    assert not w.steps_box.isEnabled() and "slow_load has no step count" in w.steps_box.toolTip()
+
+
+def test_pause_resume_and_snapshot(open_window, qtbot, tmp_path):
+    w = open_window()
+    wait_frames(qtbot, w, 5)
+    w.pause_action.trigger()
+    qtbot.waitUntil(lambda: w.snapshot_stats().paused, timeout=3000)
+    qtbot.wait(200)
+    n = w.frames_shown
+    qtbot.wait(400)
+    assert w.frames_shown <= n + 1, "paused: the last picture stays"
+    assert w.viewer.image_size == (320, 240)
+    w.snapshot_action.trigger()
+    qtbot.waitUntil(lambda: len(list((tmp_path / "snap").glob("*.png"))) == 2, timeout=5000)
+    before = cv2.imread(str(next((tmp_path / "snap").glob("*_before.png"))))
+    after = cv2.imread(str(next((tmp_path / "snap").glob("*_after.png"))))
+    assert before.shape == (120, 160, 3) and after.shape == (240, 320, 3)
+    w.pause_action.trigger()
+    wait_frames(qtbot, w, 5)
+
+
+def test_record_three_seconds(open_window, qtbot):
+    w = open_window()
+    wait_frames(qtbot, w, 5)
+    w.record_action.trigger()
+    qtbot.waitUntil(lambda: w.recorder is not None and w.recorder.status().frames > 0, timeout=5000)
+    qtbot.waitUntil(lambda: w.record_indicator.isVisible(), timeout=3000)
+    assert w.record_indicator.text.text().startswith("REC 00:0")
+    qtbot.wait(3000)
+    w.record_action.trigger()
+    qtbot.waitUntil(lambda: w.last_recording is not None, timeout=10_000)
+    st = w.last_recording
+    assert st.state is RecorderState.FINISHED and st.path.suffix == ".mp4"
+    times, duration = decode(st.path)
+    assert len(times) == st.frames >= 20, "every frame written decodes"
+    assert 2.5 <= st.elapsed_s <= 6.0, "about the three seconds recorded"
+    assert duration == pytest.approx(st.elapsed_s, abs=0.2), "plays as long as it was captured"
+    assert all(b > a for a, b in zip(times, times[1:]))
+    assert st.dropped >= 0 and w.final_stats is None  # drops are counted (and shown while recording)
+    assert not w.record_indicator.isVisible()
+
+
+def test_close_mid_recording_leaves_a_valid_file(open_window, qtbot):
+    w = open_window()
+    w.record_action.trigger()
+    qtbot.waitUntil(lambda: w.recorder is not None and w.recorder.status().frames >= 10, timeout=10_000)
+    w.close()
+    st = w.last_recording
+    assert st.state is RecorderState.FINISHED
+    times, duration = decode(st.path)
+    assert len(times) == st.frames >= 10 and duration > 0
+
+
+def test_unplugged_ps3eye_shows_a_banner_and_recovers(open_window, qtbot):
+    from capture.ps3eye import PS3EyeCamera, PS3EyeConfig
+    from tests.ps3eye_emulator import PS3EyeEmulator
+
+    emu = PS3EyeEmulator(fast=False)
+
+    def opener(spec, options: SourceOptions):
+        if spec == "ps3eye":
+            return PS3EyeCamera(PS3EyeConfig(width=320, height=240, fps=30, backend=emu, stall_timeout_s=0.5))
+        return open_source(spec, options)
+
+    w = open_window(source="ps3eye", opener=opener)
+    wait_frames(qtbot, w, 5)
+    assert w.snapshot_stats().input_size == (320, 240)
+    emu.unplug()
+    qtbot.waitUntil(lambda: "camera lost" in w.banner.text, timeout=5000)
+    assert "ps3eye" in w.banner.text
+    n = w.frames_shown
+    emu.replug()
+    qtbot.waitUntil(lambda: not w.banner.isVisible(), timeout=10_000)
+    wait_frames(qtbot, w, 5)
+    assert w.frames_shown > n
+    assert w.pipeline.capture_status().reconnects == 1
+
+
+def test_weights_that_fail_to_load_fall_back_and_recover(open_window, qtbot, tmp_path):
+    weights = make_weights_dir(tmp_path / "w", names=("nearest",))
+    good = (weights / "nearest.onnx").read_bytes()
+    (weights / "nearest.onnx").write_bytes(b"\0" * len(good))  # same size, wrong contents
+    w = open_window(processor="nearest", weights_dir=weights, load_retry_s=0.2,
+                    choices=["nearest", "bicubic", "fake_steps"])
+    qtbot.waitUntil(lambda: "could not load nearest" in w.banner.text, timeout=5000)
+    assert "nearest.onnx" in w.banner.text and "running Bicubic (baseline) instead" in w.banner.text
+    wait_frames(qtbot, w, 5)
+    assert w.snapshot_stats().processor == "bicubic"
+    (weights / "nearest.onnx").write_bytes(good)  # training finished: the weights are back
+    qtbot.waitUntil(lambda: w.snapshot_stats().processor == "nearest", timeout=10_000)
+    qtbot.waitUntil(lambda: not w.banner.isVisible(), timeout=3000)
+    wait_frames(qtbot, w, 3)
+
+
+def test_engine_error_is_a_banner_until_it_goes(open_window, qtbot):
+    Flaky.broken = False
+    w = open_window(processor="flaky")
+    wait_frames(qtbot, w, 3)
+    try:
+        Flaky.broken = True
+        qtbot.waitUntil(lambda: "ran out of luck" in w.banner.text, timeout=5000)
+        assert w.viewer.image_size == (320, 240), "the input is still shown under the banner"
+    finally:
+        Flaky.broken = False
+    qtbot.waitUntil(lambda: not w.banner.isVisible(), timeout=5000)
+    wait_frames(qtbot, w, 3)
+
+
+def test_an_invalid_source_is_reported_and_the_old_one_kept(open_window, qtbot):
+    w = open_window()
+    wait_frames(qtbot, w, 3)
+    w.source_box.setEditText("no/such/clip.mp4")  # typed, then Enter
+    w.source_box.activated.emit(w.source_box.currentIndex())
+    qtbot.waitUntil(lambda: "cannot open source 'no/such/clip.mp4'" in w.banner.text, timeout=5000)
+    wait_frames(qtbot, w, 3)
+    assert w.pipeline.source_spec == SMALL
+
+
+def test_offscreen_command_records_screenshots_and_writes_stats(qtbot, tmp_path):
+    args = SimpleNamespace(offscreen=True, frames=20, seconds=None, record=str(tmp_path / "o.mp4"),
+                           record_side_by_side=True, screenshot=str(tmp_path / "s.png"),
+                           stats=str(tmp_path / "s.json"), burst=None, steps=None, weights_dir=None)
+    config = PipelineConfig(source=SMALL, processor="bicubic")
+    assert run_window(config, args) == 0
+    import json
+
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["frames_shown"] >= 20 and stats["processor"] == "bicubic"
+    assert stats["latency_ms_median"] > 0 and len(stats["timeline"]) == stats["frames_shown"]
+    assert stats["record"]["state"] == "finished"
+    times, _ = decode(tmp_path / "o.mp4")
+    assert len(times) == stats["record"]["frames"]
+    with av.open(str(tmp_path / "o.mp4")) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (640, 240), "side by side"
+    shot = cv2.imread(str(tmp_path / "s.png"))
+    assert shot is not None and shot.shape[0] > 300 and shot.shape[1] > 600
