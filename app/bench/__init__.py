@@ -8,6 +8,7 @@ BENCHES = {
     "engine": "app.bench.engine",
     "burst": "app.bench.burst",
     "live": "app.bench.live",
+    "teacher": "app.bench.teacher",
 }
 
 
