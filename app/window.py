@@ -36,8 +36,8 @@ import numpy as np
 from PyQt6.QtCore import QObject, Qt, QTimer, pyqtSignal
 from PyQt6.QtGui import QAction, QGuiApplication, QKeySequence
 from PyQt6.QtWidgets import (
-    QApplication, QComboBox, QDockWidget, QFileDialog, QFrame, QHBoxLayout, QLabel, QMainWindow, QPushButton,
-    QSpinBox, QToolBar, QVBoxLayout, QWidget,
+    QApplication, QComboBox, QDockWidget, QFileDialog, QFrame, QHBoxLayout, QLabel, QMainWindow, QMenu, QPushButton,
+    QSpinBox, QToolBar, QToolButton, QVBoxLayout, QWidget,
 )
 
 from app.pipeline import LatencyWindow, LivePipeline, PipelineConfig
@@ -376,6 +376,16 @@ class MainWindow(QMainWindow):
         self.snapshot_action = action("Snapshot", ["S"], "save the before and after images", self.snapshot)
         self.record_action = action("● Record", ["R"], "start / stop recording the enhanced video",
                                     self.set_recording, True)
+        self.record_sbs_action = action("Record side by side", ["Shift+R"],
+                                        "the next recording holds before | after, not just after",
+                                        lambda on: None, True, toolbar=False)
+        self.record_sbs_action.setChecked(self.options.record_side_by_side)
+        record_button = bar.widgetForAction(self.record_action)
+        if isinstance(record_button, QToolButton):  # Record ▾ -> side by side
+            menu = QMenu(record_button)
+            menu.addAction(self.record_sbs_action)
+            record_button.setMenu(menu)
+            record_button.setPopupMode(QToolButton.ToolButtonPopupMode.MenuButtonPopup)
         bar.addSeparator()
         self.side_action = action("Side by side", ["B"], "wipe ↔ side by side", self._on_side_toggled, True)
         self.fit_action = action("Fit", ["F"], "fit the picture to the window", self.viewer.fit_to_window)
@@ -767,7 +777,7 @@ class MainWindow(QMainWindow):
     def _start_recording(self) -> None:
         path = self.plan.record if self.plan.record is not None else \
             self.options.record_dir / f"eyefuse_{_dt.datetime.now():%Y%m%d-%H%M%S}.mp4"
-        cfg = RecorderConfig(Path(path), side_by_side=self.options.record_side_by_side,
+        cfg = RecorderConfig(Path(path), side_by_side=self.record_sbs_action.isChecked(),
                              codec=self.options.record_codec, queue_size=self.config.record_queue_size)
         try:
             rec = Recorder(cfg, on_status=self._on_recorder_status)

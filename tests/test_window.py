@@ -291,6 +291,29 @@ def test_close_mid_recording_leaves_a_valid_file(open_window, qtbot):
     assert len(times) == st.frames >= 10 and duration > 0
 
 
+def test_a_full_disk_stops_recording_with_a_banner_and_the_preview_goes_on(open_window, qtbot):
+    # /dev/full: opening works, every write fails with ENOSPC, as on a full disk.
+    w = open_window(plan=RunPlan(record=Path("/dev/full")))
+    qtbot.waitUntil(lambda: "disk is full" in w.banner.text, timeout=10_000)
+    qtbot.waitUntil(lambda: not w.record_action.isChecked() and w.recorder is None, timeout=5000)
+    assert w.last_recording is not None and w.last_recording.state is RecorderState.FAILED
+    wait_frames(qtbot, w, 10)  # the preview never stopped
+    assert not w.record_indicator.isVisible()
+
+
+def test_headless_mode_runs_without_qt(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from app.cli import main; "
+            f"rc = main(['live', '--headless', '--frames', '5', '--model', 'bicubic', '--source', '{SMALL}']); "
+            "assert 'PyQt6' not in sys.modules, 'headless imported Qt'; sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert '"frames_shown": 5' in r.stdout
+
+
 def test_unplugged_ps3eye_shows_a_banner_and_recovers(open_window, qtbot):
     from capture.ps3eye import PS3EyeCamera, PS3EyeConfig
     from tests.ps3eye_emulator import PS3EyeEmulator
