@@ -152,6 +152,23 @@ def weights_fingerprint(weights_dir: Path | None) -> tuple:
         return ()
 
 
+def guarded_slot(method):
+    """An exception escaping a PyQt slot aborts the process; in the window it becomes a banner instead."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args):
+        try:
+            return method(self, *args)
+        except Exception as exc:
+            try:
+                self._set_problem("gui", f"internal error in {method.__name__}: {type(exc).__name__}: {exc}")
+            except Exception:
+                print(f"eyefuse: {method.__name__} failed: {exc!r}", file=sys.stderr)
+
+    return wrapper
+
+
 # -- threads that talk to the GUI ------------------------------------------------------------------
 class _Bridge(QObject):
     """Signals emitted from worker threads; Qt queues them to the GUI thread."""
@@ -408,7 +425,8 @@ class MainWindow(QMainWindow):
         action("Longer burst", ["]"], "longer burst (BurstFusion)", lambda: self.burst_box.stepBy(1), toolbar=False)
         action("Source", ["O"], "pick a source", self._pick_source, toolbar=False)
         action("Open file", ["Ctrl+O"], "open a video file or DNG burst", self._open_file, toolbar=False)
-        action("Quit", ["Ctrl+Q", "Esc"], "quit (finishes the recording first)", self._escape, toolbar=False)
+        action("Close help", ["Esc"], "close this help", lambda: self.viewer.set_help(None), toolbar=False)
+        action("Quit", ["Ctrl+Q"], "quit (finishes the recording first)", self.close, toolbar=False)
         self._update_step_control(None, 1)
 
     def help_rows(self) -> list[tuple[str, str]]:
@@ -437,7 +455,8 @@ class MainWindow(QMainWindow):
             try:
                 self.pipeline.start(proc)
             except Exception as exc:
-                self._post(lambda: self._set_problem("source", f"cannot open source {self.config.source!r}: {exc}"))
+                message = f"cannot open source {self.config.source!r}: {exc}"  # exc is gone after the block
+                self._post(lambda: self._set_problem("source", message))
             name, steps, burst = proc.name, proc.steps, proc.frames_needed
             self._post(lambda: self._on_loaded(wanted if error is None else None, name, steps, burst, gen, error))
 
@@ -482,7 +501,10 @@ class MainWindow(QMainWindow):
             return
         self._finishing = True
         if self.plan.screenshot is not None:
-            self.save_screenshot(self.plan.screenshot)
+            try:
+                self.save_screenshot(self.plan.screenshot)
+            except OSError as exc:
+                print(f"eyefuse live: {exc}", file=sys.stderr)
         self.close()
 
     def save_screenshot(self, path: Path) -> Path:
@@ -501,6 +523,7 @@ class MainWindow(QMainWindow):
         return path
 
     # -- plumbing --------------------------------------------------------------------------------
+    @guarded_slot
     def _run_posted(self, fn: Callable[[], None]) -> None:
         if not self._closing:
             fn()
@@ -519,7 +542,8 @@ class MainWindow(QMainWindow):
             try:
                 job()
             except Exception as exc:  # a job must never die silently
-                self._post(lambda: self._set_problem("control", f"{type(exc).__name__}: {exc}"))
+                message = f"{type(exc).__name__}: {exc}"
+                self._post(lambda: self._set_problem("control", message))
 
         try:
             self._control.submit(guarded)
@@ -541,6 +565,7 @@ class MainWindow(QMainWindow):
         self.banner.show_messages([])
 
     # -- frames ----------------------------------------------------------------------------------
+    @guarded_slot
     def _on_result_ready(self) -> None:
         r = self._pump.take()
         if r is None or self._closing:
@@ -548,6 +573,7 @@ class MainWindow(QMainWindow):
         self._current = r
         self.viewer.set_frame(r.input_bgr, r.output, token=r)
 
+    @guarded_slot
     def _on_painted(self, token, t_ns: int) -> None:
         if not isinstance(token, Result) or not token.ok:
             return
@@ -715,12 +741,6 @@ class MainWindow(QMainWindow):
     def toggle_help(self) -> None:
         self.viewer.set_help(None if self.viewer.help_visible else self.help_rows())
 
-    def _escape(self) -> None:
-        if self.viewer.help_visible:
-            self.viewer.set_help(None)
-        else:
-            self.close()
-
     def _pick_source(self) -> None:
         self.source_box.setFocus()
         self.source_box.showPopup()
@@ -878,6 +898,7 @@ class MainWindow(QMainWindow):
             paused=eng is not None and eng.state is WorkerState.PAUSED,
         )
 
+    @guarded_slot
     def _refresh(self) -> None:
         if self._closing:
             return

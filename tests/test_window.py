@@ -75,6 +75,16 @@ class Flaky(BicubicProcessor):
         return super().enhance(frames, timer)
 
 
+class FakeBurst(FakeSteps):
+    """A burst processor (the newest `frames_needed` frames) with steps, standing in for BurstFusion."""
+
+    name = "fake_burst"
+
+    def __init__(self, frames_needed: int):
+        super().__init__()
+        self.frames_needed = frames_needed
+
+
 def slow_bicubic() -> Processor:
     time.sleep(1.5)  # a model that takes long to load
     p = BicubicProcessor(2)
@@ -89,6 +99,8 @@ def factory(name, settings):
         return slow_bicubic()
     if name == "flaky":
         return Flaky()
+    if name == "fake_burst":
+        return FakeBurst(settings.burst_length)
     return make_window_processor(name, settings)
 
 
@@ -101,7 +113,7 @@ def open_window(qtbot, tmp_path):
                              stats_interval_ms=100, **options)
         w = MainWindow(PipelineConfig(source=source, processor=processor), opts, plan, opener=opener,
                        processor_factory=factory,
-                       choices=choices or ["bicubic", "fake_steps", "slow_load", "flaky", "passthrough"])
+                       choices=choices or ["bicubic", "fake_steps", "fake_burst", "slow_load", "flaky", "passthrough"])
         qtbot.addWidget(w)
         windows.append(w)
         w.show()
@@ -111,6 +123,9 @@ def open_window(qtbot, tmp_path):
     yield make
     for w in windows:
         w.close()  # stops every thread before no_leaked_threads looks
+    for w in windows:
+        assert "gui" not in w._problems, w._problems["gui"]  # no slot raised
+        assert "control" not in w._problems, w._problems["control"]  # no job raised
 
 
 def wait_frames(qtbot, w: MainWindow, n: int, timeout: int = 10_000) -> None:
@@ -237,7 +252,21 @@ def test_switch_processor_and_steps_while_running(open_window, qtbot):
     qtbot.waitUntil(lambda: w.snapshot_stats().processor == "slow_load", timeout=8000)
     gaps = np.diff([t for t, _ in w._timeline if t >= t0 - w._t0])
     assert gaps.max() < 1.0, f"a {gaps.max():.2f} s gap in the display while a 1.5 s load ran"
-    assert not w.steps_box.isEnabled() and "slow_load has no step count" in w.steps_box.toolTip()
+    qtbot.waitUntil(lambda: not w.steps_box.isEnabled(), timeout=3000)
+    assert "slow_load has no step count" in w.steps_box.toolTip()
+
+
+def test_burst_length_reloads_a_burst_processor(open_window, qtbot):
+    w = open_window(burst_length=3)
+    wait_frames(qtbot, w, 3)
+    assert not w.burst_box.isEnabled() and "burst processors" in w.burst_box.toolTip()
+    choose(w.processor_box, "fake_burst")
+    qtbot.waitUntil(lambda: w._current is not None and len(w._current.frames) == 3, timeout=5000)
+    assert w.burst_box.isEnabled() and w.steps_box.isEnabled()
+    qtbot.waitUntil(lambda: "burst 3" in w.stats_panel.value("model"), timeout=3000)  # at the next refresh
+    w.burst_box.setValue(5)  # what the spin box and the ] key do
+    qtbot.waitUntil(lambda: w._current is not None and len(w._current.frames) == 5, timeout=5000)
+    wait_frames(qtbot, w, 3)
 
 
 def test_pause_resume_and_snapshot(open_window, qtbot, tmp_path):
