@@ -16,8 +16,8 @@ While a model loads, the engine keeps running the old one, so the picture never 
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
-import dataclasses
 import datetime as _dt
 import inspect
 import json
@@ -45,7 +45,7 @@ from app.recorder import Recorder, RecorderConfig, RecorderError, RecorderState,
 from app.stats_panel import RecordIndicator, StatsPanel, StatsSnapshot, overlay_lines
 from app.viewer import BeforeAfterViewer, ViewMode
 from capture.atomic import atomic_write_bytes
-from capture.sources import SourceOptions, open_source
+from capture.sources import open_source
 from capture.worker import CaptureState
 from engine.processor import BUILTIN, Processor, Result, StepsNotSupported, make_processor, processor_names
 from engine.worker import ResultSlot, WorkerState
@@ -287,7 +287,9 @@ class MainWindow(QMainWindow):
         self._started = False
         self._problems: dict[str, str] = {}
         self._latency = LatencyWindow(1.0)
-        self._timeline: list[tuple[float, float]] = []  # (display time s from start, latency ms)
+        # (display time s from start, latency ms) of every displayed frame, for --stats and the benchmark;
+        # bounded (2 h at 30 fps, ~20 MB) so a window left running for days does not grow without end.
+        self._timeline: collections.deque[tuple[float, float]] = collections.deque(maxlen=216_000)
         self._t0 = time.monotonic()
         self._t0_ns = time.monotonic_ns()
         self._shown = 0
@@ -991,16 +993,16 @@ def window_options_from_args(args) -> tuple[WindowOptions, RunPlan]:
     return options, plan
 
 
-def _quiet_qt_messages() -> None:
+def _quiet_qt_messages():
     """Drop the offscreen platform's per-resize "does not support propagateSizeHints()" notice;
-    everything else Qt says still goes to stderr."""
+    everything else Qt says still goes to stderr. Returns the handler it replaced."""
     from PyQt6.QtCore import qInstallMessageHandler
 
     def handler(mode, context, message):
         if "propagateSizeHints" not in message:
             print(message, file=sys.stderr)
 
-    qInstallMessageHandler(handler)
+    return qInstallMessageHandler(handler)
 
 
 def run_window(config: PipelineConfig, args) -> int:
@@ -1014,7 +1016,7 @@ def run_window(config: PipelineConfig, args) -> int:
               file=sys.stderr)
         return 2
     options, plan = window_options_from_args(args)
-    _quiet_qt_messages()
+    previous_handler = _quiet_qt_messages()
     app = QApplication.instance() or QApplication(sys.argv[:1])
     window = MainWindow(config, options, plan)
     window.show()
@@ -1034,6 +1036,9 @@ def run_window(config: PipelineConfig, args) -> int:
         ticker.stop()
         signal.signal(signal.SIGINT, previous)
         window.shutdown()
+        from PyQt6.QtCore import qInstallMessageHandler
+
+        qInstallMessageHandler(previous_handler)
     stats = window.final_stats or {}
     summary = {k: v for k, v in stats.items() if k != "timeline"}
     print(json.dumps(summary, indent=1, default=str))
