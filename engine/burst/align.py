@@ -1,0 +1,516 @@
+"""Align stage: where each part of the reference is in every other frame of the burst.
+
+Works on the 2x2-averaged grey image (the mean of the four CFA planes, half the mosaic's
+resolution), so every flow and tile here is in *plane pixels* (one plane pixel = two mosaic
+pixels). Two aligners give the same `Alignment`:
+
+`align_tiles` (default), coarse to fine as in HDR+, plus a robust global model:
+    grey -> Gaussian pyramid (3-4 levels, 2x each)
+    coarsest level: exhaustive integer search of +-coarse_radius per tile (box-summed SSD of
+        whole-image shifts: every tile starts at zero there), quadratic fit for the sub-pixel part
+    every level: an affine motion model per frame is fitted to the tile flows (iteratively
+        reweighted least squares, weighted by each tile's texture), and each tile keeps only the
+        part of its flow the model does not explain *and* that is significant against its noise
+    each finer level: model and residuals carried down (x2), a noise-gated integer +-1 re-search,
+        then Lucas-Kanade (Gauss-Newton) steps on every tile of every frame at once
+So a static scene is aligned by its affine model (exact for handheld translation + rotation, and
+right across flat sky or walls), while a moving object keeps its own tile flow.
+`align_dis`: OpenCV's DIS optical flow on the gamma-encoded 8-bit grey images (dense).
+
+Both report a per-tile confidence: the low-passed residual of the aligned frame against the
+reference, compared with what the noise model says a perfect match leaves (1: as good as noise
+allows; towards 0: does not match, because of motion, occlusion or a failed alignment).
+
+Flow convention: other(x + flow(x)) shows what reference(x) shows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from engine.burst.raw import NoiseModel
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """method: "tiles" (coarse-to-fine tile search + global model + Lucas-Kanade) or "dis".
+    tile: tile side at the two finest levels, plane pixels (16 = 32 mosaic pixels).
+    coarse_tile: tile side at the coarser levels.
+    levels: pyramid levels including the finest; the search reaches about
+        +- coarse_radius * 2 ** (levels - 1) plane pixels.
+    lk_iterations: Gauss-Newton steps per level below the coarsest.
+    global_model: fit the affine model (False: tile flows only, as plain HDR+).
+    dis_preset: "ultrafast", "fast" or "medium"."""
+
+    method: str = "tiles"
+    tile: int = 16
+    coarse_tile: int = 8
+    levels: int = 4
+    coarse_radius: int = 4
+    lk_iterations: int = 2
+    global_model: bool = True
+    dis_preset: str = "medium"
+
+    def __post_init__(self) -> None:
+        if self.method not in ("tiles", "dis"):
+            raise ValueError(f"align method must be 'tiles' or 'dis', got {self.method!r}")
+        if self.tile < 4 or self.coarse_tile < 4:
+            raise ValueError(f"alignment tiles must be at least 4 pixels, got {self.tile} and {self.coarse_tile}")
+        if not 1 <= self.levels <= 6:
+            raise ValueError(f"pyramid levels must be 1..6, got {self.levels}")
+        if self.dis_preset not in _DIS_PRESETS:
+            raise ValueError(f"dis_preset must be one of {sorted(_DIS_PRESETS)}, got {self.dis_preset!r}")
+
+
+_DIS_PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+                "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
+
+
+@dataclass
+class Alignment:
+    """Where every frame's content is relative to the reference.
+
+    tile: tile side (plane pixels) of tile_flow and confidence.
+    tile_flow: (N, ny, nx, 2) float32 (dx, dy) in plane pixels at each tile centre; whole tiles
+        from the top-left (ny = h // tile, nx = w // tile), the flow of a partial last row or
+        column is extrapolated. Zero for the reference.
+    confidence: (N, ny, nx) float32 in [0, 1]; 1 for the reference.
+    shape: (h, w) of the planes. ref: index of the reference frame. method: "tiles" or "dis".
+    affine: (N, 2, 3) float32 flow model, flow(x, y) = A @ (x, y, 1), or None.
+    dense: (N, h, w, 2) float32 when the aligner made a dense field (DIS), else None.
+    """
+
+    tile: int
+    tile_flow: np.ndarray
+    confidence: np.ndarray
+    shape: tuple[int, int]
+    ref: int
+    method: str
+    affine: np.ndarray | None = None
+    dense: np.ndarray | None = None
+
+    def flow(self, i: int) -> np.ndarray:
+        """(h, w, 2) float32 dense flow of frame i: the affine model plus the tile residuals
+        interpolated between tile centres (or the aligner's own dense field)."""
+        if self.dense is not None:
+            return self.dense[i]
+        h, w = self.shape
+        if self.affine is None:
+            return upsample_flow(self.tile_flow[i], self.tile, h, w)
+        centres = tile_centres(*self.tile_flow.shape[1:3], self.tile)
+        resid = self.tile_flow[i] - affine_at(self.affine[i], centres)
+        return affine_dense(self.affine[i], h, w) + upsample_flow(resid, self.tile, h, w)
+
+
+# -- small pure helpers -----------------------------------------------------------------------------
+def tile_centres(ny: int, nx: int, tile: int) -> np.ndarray:
+    """(ny, nx, 2) float32 (x, y) pixel coordinates of tile centres (pixel centres at integers)."""
+    c = (np.arange(max(ny, nx), dtype=np.float32) + 0.5) * tile - 0.5
+    return np.stack(np.meshgrid(c[:nx], c[:ny]), axis=-1)
+
+
+def affine_at(a: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """(2, 3) affine flow model at (..., 2) points -> (..., 2) flow."""
+    return pts @ a[:, :2].T + a[:, 2]
+
+
+def affine_dense(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(2, 3) affine flow model -> (h, w, 2) float32 flow at every pixel."""
+    gx, gy = _grid(h, w)
+    return np.stack([a[0, 0] * gx + a[0, 1] * gy + a[0, 2], a[1, 0] * gx + a[1, 1] * gy + a[1, 2]], axis=-1)
+
+
+def upsample_flow(tile_flow: np.ndarray, tile: int, h: int, w: int) -> np.ndarray:
+    """(ny, nx, 2) flow at tile centres -> (h, w, 2) by bilinear interpolation, extrapolated
+    linearly past the outer tile centres (so a rotation stays a rotation up to the edges)."""
+    ny, nx = tile_flow.shape[:2]
+    f = np.ascontiguousarray(tile_flow, np.float32)
+    f = np.concatenate([2 * f[:1] - f[1:2], f, 2 * f[-1:] - f[-2:-1]] if ny > 1 else [f, f, f], axis=0)
+    f = np.concatenate([2 * f[:, :1] - f[:, 1:2], f, 2 * f[:, -1:] - f[:, -2:-1]] if nx > 1 else [f, f, f], axis=1)
+    big = cv2.resize(f, ((nx + 2) * tile, (ny + 2) * tile), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(big[tile : tile + h, tile : tile + w])
+
+
+def tile_means(img: np.ndarray, tile: int) -> np.ndarray:
+    """(..., ny*tile, nx*tile) float32 -> (..., ny, nx) mean over each tile (OpenCV area resize)."""
+    *lead, h, w = img.shape
+    flat = np.ascontiguousarray(img, np.float32).reshape(-1, w)
+    out = cv2.resize(flat, (w // tile, flat.shape[0] // tile), interpolation=cv2.INTER_AREA)
+    return out.reshape(*lead, h // tile, w // tile)
+
+
+_GRIDS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cached (h, w) float32 pixel x and y coordinates."""
+    key = (h, w)
+    if key not in _GRIDS:
+        if len(_GRIDS) > 16:
+            _GRIDS.clear()
+        xs = np.broadcast_to(np.arange(w, dtype=np.float32), (h, w))
+        ys = np.broadcast_to(np.arange(h, dtype=np.float32)[:, None], (h, w))
+        _GRIDS[key] = (np.ascontiguousarray(xs), np.ascontiguousarray(ys))
+    return _GRIDS[key]
+
+
+def warp(img: np.ndarray, flow: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """(h, w[, c]) image sampled at x + flow(x), flow (h, w, 2) -> aligned image, edges reflected."""
+    h, w = flow.shape[:2]
+    gx, gy = _grid(h, w)
+    return cv2.remap(img, gx + flow[..., 0], gy + flow[..., 1], interpolation, borderMode=cv2.BORDER_REFLECT101)
+
+
+def confidence_from_residual(residual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Per-tile mean squared residual vs the noise-only expectation -> confidence in [0, 1]:
+    1 up to 1.5x the expectation, then falling off exponentially (3.5x -> 0.14)."""
+    q = residual / np.maximum(expected, 1e-12)
+    return np.exp(-np.maximum(q - 1.5, 0.0)).astype(np.float32)
+
+
+_LOWPASS_SIGMA = 1.0
+_LOWPASS_NOISE = 1.0 / (4 * np.pi * _LOWPASS_SIGMA**2)  # variance left in white noise by that Gaussian
+
+
+def tile_confidence(ref: np.ndarray, aligned: np.ndarray, noise: NoiseModel, tile: int) -> np.ndarray:
+    """(H, W) reference and aligned grey (whole tiles) -> (ny, nx) confidence.
+
+    Both are low-passed first (Gaussian, sigma 1 px): what remains of a residual is real mismatch
+    (motion, occlusion, misalignment), not fine texture that interpolation softened nor most of
+    the noise, whose left-over variance is known exactly."""
+    d = cv2.GaussianBlur(aligned - ref, (0, 0), _LOWPASS_SIGMA, borderType=cv2.BORDER_REFLECT101)
+    residual = tile_means(d * d, tile)
+    expected = 2.0 * noise.grey_variance(tile_means(ref, tile)) * _LOWPASS_NOISE
+    return confidence_from_residual(residual, expected)
+
+
+# -- the tile aligner -------------------------------------------------------------------------------
+def build_pyramid(grey: np.ndarray, levels: int) -> list[np.ndarray]:
+    """(..., h, w) -> [level 0 (the input), level 1 (half size), ...]: Gaussian 5-tap then every
+    other sample (cv2.pyrDown), so level-(k+1) pixel p sits at level-k pixel 2p."""
+    pyr = [np.ascontiguousarray(grey, np.float32)]
+    for _ in range(1, levels):
+        prev = pyr[-1]
+        if min(prev.shape[-2:]) < 32:
+            break
+        pyr.append(cv2.pyrDown(prev) if prev.ndim == 2 else np.stack([cv2.pyrDown(p) for p in prev]))
+    return pyr
+
+
+@dataclass
+class _Level:
+    """One pyramid level prepared for tile work (padded to whole tiles)."""
+
+    tile: int
+    ref: np.ndarray  # (H, W)
+    alt: np.ndarray  # (F, H, W)
+    centres: np.ndarray  # (ny, nx, 2)
+    valid: np.ndarray  # (ny, nx)
+    noise_var: np.ndarray  # (ny, nx) grey noise variance of one frame at this level
+    gx: np.ndarray  # (H, W) gradients of the smoothed reference
+    gy: np.ndarray
+    sxx: np.ndarray  # (ny, nx) structure tensor sums
+    syy: np.ndarray
+    sxy: np.ndarray
+    texture: np.ndarray  # (ny, nx) smallest eigenvalue of the structure tensor (mean per pixel)
+
+    @staticmethod
+    def make(ref: np.ndarray, alt: np.ndarray, tile: int, noise: NoiseModel, level: int) -> "_Level":
+        """Whole tiles only: a partial last row or column of tiles is left out (padding it with
+        reflected content would hand the matcher pictures that move the wrong way); the flow
+        there is extrapolated from the tiles next to it."""
+        h, w = ref.shape
+        ny, nx = max(1, h // tile), max(1, w // tile)
+        r = np.ascontiguousarray(ref[: ny * tile, : nx * tile])
+        a = np.ascontiguousarray(alt[:, : ny * tile, : nx * tile])
+        rs = cv2.GaussianBlur(r, (0, 0), 0.8)
+        gx = cv2.Sobel(rs, cv2.CV_32F, 1, 0, ksize=3, scale=1 / 8)
+        gy = cv2.Sobel(rs, cv2.CV_32F, 0, 1, ksize=3, scale=1 / 8)
+        sxx, syy, sxy = tile_means(gx * gx, tile), tile_means(gy * gy, tile), tile_means(gx * gy, tile)
+        lam = 0.5 * (sxx + syy - np.sqrt((sxx - syy) ** 2 + 4 * sxy * sxy))
+        # pyrDown's 5x5 Gaussian leaves 0.075 of white noise's variance; later levels ~ 1/4 each.
+        var = noise.grey_variance(tile_means(r, tile)) * (0.075 * 0.25 ** (level - 1) if level else 1.0)
+        return _Level(tile, r, a, tile_centres(ny, nx, tile), np.ones((ny, nx), np.float32), var, gx, gy,
+                      sxx, syy, sxy, np.maximum(lam, 0.0))
+
+    def reliability(self) -> np.ndarray:
+        """(ny, nx) in [0, 1]: how far a tile's own flow can be trusted (texture vs noise, and
+        how much of the tile lies inside the image)."""
+        # Gradient variance of the smoothed noise is ~ 0.02 var per axis; ask for 25x that.
+        scale = 0.5 * self.noise_var
+        return (self.texture / (self.texture + scale) * self.valid).astype(np.float32)
+
+
+def align_tiles(grey: np.ndarray, ref: int, noise: NoiseModel, cfg: AlignConfig = AlignConfig()) -> Alignment:
+    """(N, h, w) float32 grey images of a burst -> Alignment of every frame to frames[ref].
+
+    All frames and all tiles of a level are processed together; Python loops run over levels,
+    search offsets, Gauss-Newton steps and frames (for OpenCV's remap) only.
+    """
+    n, h, w = grey.shape
+    others = [i for i in range(n) if i != ref]
+    t0 = max(1, min(cfg.tile, h, w))
+    ny, nx = h // t0, w // t0
+    flow_out = np.zeros((n, ny, nx, 2), np.float32)
+    conf_out = np.ones((n, ny, nx), np.float32)
+    aff_out = np.zeros((n, 2, 3), np.float32)
+    if not others:
+        return Alignment(t0, flow_out, conf_out, (h, w), ref, "tiles", aff_out)
+    pyr_ref = build_pyramid(grey[ref], cfg.levels)
+    pyr_alt = build_pyramid(grey[others], len(pyr_ref))
+    top = len(pyr_ref) - 1
+    model = resid = prev = None
+    for lvl in range(top, -1, -1):
+        tile = t0 if lvl <= 1 else min(cfg.coarse_tile, *pyr_ref[lvl].shape)
+        L = _Level.make(pyr_ref[lvl], pyr_alt[lvl], tile, noise, lvl)
+        if model is None:
+            total, spread = _coarse_search(L.ref, L.alt, tile, cfg.coarse_radius)
+        else:
+            model = model.copy()
+            model[:, :, 2] *= 2.0  # x_l = 2 x_(l+1): the linear part is scale-free, the offset doubles
+            resid = 2.0 * _resample_tiles(resid, prev, L)
+            base = [_affine_map(model[k], *L.ref.shape) for k in range(len(others))]
+            if lvl > 0:
+                resid = _integer_refine(L, base, resid)
+            resid, spread, conf = _lucas_kanade(L, base, resid, max(cfg.lk_iterations, 1), noise if lvl == 0 else None)
+            total = affine_at_stack(model, L.centres) + resid
+        weight = L.reliability()
+        model = _fit_affine(L.centres, total, weight) if cfg.global_model else np.zeros((len(others), 2, 3), np.float32)
+        resid = _significant(total - affine_at_stack(model, L.centres), L, spread, weight)
+        prev = L
+    L = prev
+    if top == 0:  # a single level: no Lucas-Kanade pass made the confidence
+        base = [_affine_map(model[k], *L.ref.shape) for k in range(len(others))]
+        conf = _lucas_kanade(L, base, resid, 0, noise)[2]
+    for k, i in enumerate(others):
+        flow_out[i] = (affine_at(model[k], L.centres) + resid[k])[:ny, :nx]
+        aff_out[i] = model[k]
+        conf_out[i] = conf[k][:ny, :nx]
+    return Alignment(t0, flow_out, conf_out, (h, w), ref, "tiles", aff_out)
+
+
+def affine_at_stack(models: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """(F, 2, 3) models at (ny, nx, 2) points -> (F, ny, nx, 2)."""
+    return np.einsum("yxj,fij->fyxi", pts, models[:, :, :2]) + models[:, None, None, :, 2]
+
+
+def _affine_map(a: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The remap maps (x + model flow) as two (h, w) float32 arrays."""
+    gx, gy = _grid(h, w)
+    f = affine_dense(a, h, w)
+    return gx + f[..., 0], gy + f[..., 1]
+
+
+def _coarse_search(ref: np.ndarray, alt: np.ndarray, tile: int, radius: int) -> np.ndarray:
+    """Exhaustive +-radius integer search from zero for every tile, sub-pixel by a separable
+    quadratic fit of the SSD around the minimum. ref (H, W), alt (F, H, W) -> flows (F, ny, nx, 2)
+    and the mean squared difference left at the best offset (F, ny, nx)."""
+    f, hh, ww = alt.shape
+    a_pad = np.pad(alt, ((0, 0), (radius, radius), (radius, radius)), mode="reflect")
+    size = 2 * radius + 1
+    ssd = np.empty((size, size, f, hh // tile, ww // tile), np.float32)
+    for dy in range(size):
+        for dx in range(size):
+            d = a_pad[:, dy : dy + hh, dx : dx + ww] - ref
+            ssd[dy, dx] = tile_means(d * d, tile)
+    by, bx = np.divmod(ssd.reshape(size * size, *ssd.shape[2:]).argmin(axis=0), size)
+    sub_x, sub_y = _quadratic_subpixel(ssd, by, bx)
+    best = ssd.reshape(size * size, *ssd.shape[2:]).min(axis=0)
+    return np.stack([bx - radius + sub_x, by - radius + sub_y], axis=-1).astype(np.float32), best
+
+
+def _quadratic_subpixel(ssd: np.ndarray, by: np.ndarray, bx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ssd (sy, sx, ...) and its argmin (by, bx) per element -> sub-pixel (dx, dy) in [-0.5, 0.5]
+    from 1-D parabolas through the minimum and its neighbours (0 where the minimum is on the rim)."""
+    sy, sx = ssd.shape[:2]
+    idx = np.indices(by.shape)
+
+    def at(yy, xx):
+        return ssd[(np.clip(yy, 0, sy - 1), np.clip(xx, 0, sx - 1), *idx)]
+
+    c = at(by, bx)
+    out = []
+    for lo, hi, inside in ((at(by, bx - 1), at(by, bx + 1), (bx > 0) & (bx < sx - 1)),
+                           (at(by - 1, bx), at(by + 1, bx), (by > 0) & (by < sy - 1))):
+        den = lo - 2 * c + hi
+        off = np.where(inside & (den > 1e-12), 0.5 * (lo - hi) / np.maximum(den, 1e-12), 0.0)
+        out.append(np.clip(off, -0.5, 0.5))
+    return out[0], out[1]
+
+
+def _resample_tiles(resid: np.ndarray, coarse: _Level, fine: _Level) -> np.ndarray:
+    """(F, nyc, nxc, 2) values at the coarse level's tile centres -> bilinear at the finer level's
+    tile centres (coarse pixel = fine pixel / 2), edges replicated. Not scaled."""
+    c = fine.centres / 2.0
+    tx = ((c[..., 0] + 0.5) / coarse.tile - 0.5).astype(np.float32)
+    ty = ((c[..., 1] + 0.5) / coarse.tile - 0.5).astype(np.float32)
+    return np.stack([cv2.remap(np.ascontiguousarray(r), tx, ty, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                     for r in resid])
+
+
+def _tile_map(values: np.ndarray, tile: int) -> np.ndarray:
+    """(ny, nx, 2) per-tile values -> (ny*tile, nx*tile, 2), constant over each tile."""
+    ny, nx = values.shape[:2]
+    return cv2.resize(np.ascontiguousarray(values, np.float32), (nx * tile, ny * tile), interpolation=cv2.INTER_NEAREST)
+
+
+def _integer_refine(L: _Level, base: list, resid: np.ndarray) -> np.ndarray:
+    """Re-search +-1 pixel around each tile's flow, so a tile whose coarse guess was off by a pixel
+    still lands in Lucas-Kanade's basin. One warp per frame; the eight neighbours are read from
+    it shifted by a pixel (at tile edges that borrows the next tile's warp, a fine approximation
+    for a search). A move is taken only if it lowers the tile's SSD by more than a quarter of what
+    noise alone leaves, so flat tiles do not wander."""
+    resid = resid.copy()
+    tile = L.tile
+    hh, ww = L.ref.shape
+    r = L.ref
+    gate = max(0.25, 3.0 * np.sqrt(2.0 / (tile * tile))) * 2.0 * L.noise_var
+    for k in range(L.alt.shape[0]):
+        m = _tile_map(resid[k], tile)
+        warped = cv2.remap(L.alt[k], base[k][0] + m[..., 0], base[k][1] + m[..., 1], cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REFLECT101)
+        wp = cv2.copyMakeBorder(warped, 1, 1, 1, 1, cv2.BORDER_REFLECT101)
+        ssd = np.empty((9,) + L.valid.shape, np.float32)
+        for j in range(9):
+            dy, dx = divmod(j, 3)
+            d = wp[dy : dy + hh, dx : dx + ww] - r
+            ssd[j] = tile_means(d * d, tile)
+        best = ssd.argmin(axis=0)
+        gain = ssd[4] - np.take_along_axis(ssd, best[None], 0)[0]
+        move = gain > gate
+        by, bx = np.divmod(best, 3)
+        resid[k, ..., 0] += np.where(move, bx - 1, 0)
+        resid[k, ..., 1] += np.where(move, by - 1, 0)
+    return resid
+
+
+def _lucas_kanade(L: _Level, base: list, resid: np.ndarray, iterations: int,
+                  noise: NoiseModel | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Gauss-Newton steps on each tile's residual translation, all tiles at once (per frame).
+
+    The normal equations use the smoothed reference's gradients (the same for every frame and
+    step); a ridge of a few noise variances keeps flat tiles from jumping; steps are capped at one
+    pixel. Returns (residual flows, per-tile mean squared difference left after the last step's
+    warp (F, ny, nx), and, when `noise` is given, the per-tile confidence from that difference).
+    With iterations=0 only the difference (and confidence) at the given flows is measured.
+    """
+    tile = L.tile
+    ridge = 0.05 * L.noise_var
+    sxx, syy, sxy = L.sxx + ridge, L.syy + ridge, L.sxy
+    det = sxx * syy - sxy * sxy
+    rs = cv2.GaussianBlur(L.ref, (0, 0), _LK_SIGMA)
+    resid = resid.copy()
+    f = L.alt.shape[0]
+    spread = np.empty((f,) + L.valid.shape, np.float32)
+    conf = np.empty((f,) + L.valid.shape, np.float32) if noise is not None else None
+    expected = 2.0 * L.noise_var * _gauss_noise(np.hypot(_LK_SIGMA, _LOWPASS_SIGMA)) if noise is not None else None
+    for k in range(f):
+        alt_s = cv2.GaussianBlur(L.alt[k], (0, 0), _LK_SIGMA)
+        for step in range(max(iterations, 1)):
+            m = _tile_map(resid[k], tile)
+            warped = cv2.remap(alt_s, base[k][0] + m[..., 0], base[k][1] + m[..., 1], _LK_INTERP,
+                               borderMode=cv2.BORDER_REFLECT101)
+            it = warped - rs
+            if step == max(iterations, 1) - 1:
+                spread[k] = tile_means(it * it, tile)
+                if noise is not None:
+                    low = cv2.GaussianBlur(it, (0, 0), _LOWPASS_SIGMA)
+                    conf[k] = confidence_from_residual(tile_means(low * low, tile), expected)
+            if iterations == 0:
+                break
+            bx, by = tile_means(L.gx * it, tile), tile_means(L.gy * it, tile)
+            du = -(syy * bx - sxy * by) / det
+            dv = -(sxx * by - sxy * bx) / det
+            resid[k, ..., 0] += np.clip(du, -1.0, 1.0)
+            resid[k, ..., 1] += np.clip(dv, -1.0, 1.0)
+    return resid, spread, conf
+
+
+def _gauss_noise(sigma: float) -> float:
+    """Fraction of white noise's variance a 2-D Gaussian blur of `sigma` pixels leaves."""
+    return 1.0 / (4.0 * np.pi * sigma * sigma)
+
+
+_LK_SIGMA = 0.8
+_LK_INTERP = cv2.INTER_LINEAR
+
+
+def _fit_affine(centres: np.ndarray, flow: np.ndarray, weight: np.ndarray, iterations: int = 4) -> np.ndarray:
+    """Robust affine flow model per frame: (ny, nx, 2) centres, (F, ny, nx, 2) tile flows,
+    (ny, nx) weights -> (F, 2, 3). Iteratively reweighted least squares (normal equations, all
+    frames at once) with a Cauchy weight on the residual; with too few reliable tiles spread over
+    the frame, a translation (weighted mean) instead; with none, zero."""
+    f = flow.shape[0]
+    pts = centres.reshape(-1, 2).astype(np.float64)
+    x = np.column_stack([pts, np.ones(len(pts))])
+    w0 = weight.reshape(-1).astype(np.float64)
+    usable = w0 > 0.2
+    out = np.zeros((f, 2, 3), np.float32)
+    if usable.sum() < 3:
+        return out
+    v = flow.reshape(f, -1, 2).astype(np.float64)
+    full = usable.sum() >= 8 and np.ptp(pts[usable, 0]) > 0 and np.ptp(pts[usable, 1]) > 0
+    w = np.repeat(w0[None], f, axis=0)
+    a = np.zeros((f, 2, 3))
+    for _ in range(iterations):
+        if full:
+            xtwx = np.einsum("fk,ki,kj->fij", w, x, x) + 1e-9 * np.eye(3)
+            xtwv = np.einsum("fk,ki,fkc->fic", w, x, v)
+            a = np.linalg.solve(xtwx, xtwv).transpose(0, 2, 1)
+        else:
+            a[:, :, 2] = np.einsum("fk,fkc->fc", w, v) / np.maximum(w.sum(axis=1), 1e-12)[:, None]
+        r = np.linalg.norm(v - np.einsum("ki,fci->fkc", x, a), axis=-1)
+        scale = np.maximum(1.4826 * np.median(r[:, usable], axis=1), 0.05)
+        w = w0[None] / (1.0 + (r / (2.0 * scale[:, None])) ** 2)
+    return a.astype(np.float32)
+
+
+def _significant(resid: np.ndarray, L: _Level, spread: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Keep of each tile's residual flow (the part the model does not explain) only what is
+    significant: chi2 = n r^T S r / spread is the drop in the tile's squared difference that
+    moving by r buys, in units of the difference actually left (noise, interpolation, aliasing);
+    the residual is scaled by chi2 / (chi2 + 16), so a static tile follows the model and a
+    moving object keeps its own flow. Flat or mostly-outside tiles (weight ~ 0) follow the model."""
+    n = L.tile * L.tile
+    rx, ry = resid[..., 0], resid[..., 1]
+    quad = L.sxx * rx * rx + 2 * L.sxy * rx * ry + L.syy * ry * ry
+    chi2 = n * quad / np.maximum(spread, 1e-12)
+    keep = chi2 / (chi2 + 16.0) * np.minimum(1.0, 4.0 * weight)
+    return (resid * keep[..., None]).astype(np.float32)
+
+
+# -- DIS ----------------------------------------------------------------------------------------------
+def to_u8(grey: np.ndarray) -> np.ndarray:
+    """Normalised linear grey -> uint8 through a square root (noise-levelling and perceptual)."""
+    return cv2.convertScaleAbs(np.sqrt(np.clip(grey, 0.0, 1.0)), alpha=255.0)
+
+
+def align_dis(grey: np.ndarray, ref: int, noise: NoiseModel, cfg: AlignConfig = AlignConfig(method="dis")) -> Alignment:
+    """(N, h, w) grey images -> Alignment from OpenCV's DIS optical flow (dense), with tile flows
+    (means over whole tiles) and confidences on cfg.tile tiles for the merge."""
+    n, h, w = grey.shape
+    tile = max(1, min(cfg.tile, h, w))
+    ny, nx = h // tile, w // tile
+    hh, ww = ny * tile, nx * tile
+    dense = np.zeros((n, h, w, 2), np.float32)
+    flow_t = np.zeros((n, ny, nx, 2), np.float32)
+    conf = np.ones((n, ny, nx), np.float32)
+    dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[cfg.dis_preset])
+    r8 = to_u8(grey[ref])
+    r_crop = np.ascontiguousarray(grey[ref][:hh, :ww])
+    for i in range(n):
+        if i == ref:
+            continue
+        dense[i] = dis.calc(r8, to_u8(grey[i]), None)
+        for c in range(2):
+            flow_t[i, ..., c] = tile_means(dense[i][:hh, :ww, c], tile)
+        aligned = np.ascontiguousarray(warp(grey[i], dense[i])[:hh, :ww])
+        conf[i] = tile_confidence(r_crop, aligned, noise, tile)
+    return Alignment(tile, flow_t, conf, (h, w), ref, "dis", None, dense)
+
+
+def align(grey: np.ndarray, ref: int, noise: NoiseModel, cfg: AlignConfig = AlignConfig()) -> Alignment:
+    """Dispatch on cfg.method ("tiles" or "dis"). grey: (N, h, w) float32."""
+    return align_dis(grey, ref, noise, cfg) if cfg.method == "dis" else align_tiles(grey, ref, noise, cfg)
