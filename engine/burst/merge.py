@@ -1,0 +1,316 @@
+"""Merge stage: the aligned frames of a burst averaged into the reference, robustly.
+
+`merge_wiener` (default) is the pairwise temporal Wiener merge of HDR+ (Hasinoff et al. 2016):
+
+    every frame's planes warped onto the reference by the alignment (OpenCV remap)
+    tiles of 16x16 plane pixels at a stride of 8, raised-cosine windowed (the windows of
+        half-overlapping tiles add up to exactly 1, so tiles overlap-add back seamlessly)
+    per tile, plane and frame z: D_z = DFT(window * (reference - frame_z))
+        A_z = |D_z|^2 / (|D_z|^2 + c * sigma_D^2)       sigma_D^2 from the noise model at
+                                                           the tile's level, for a frame difference
+        merged = reference - (1/N) sum_z conf_z (1 - A_z) D_z    (inverse DFT, overlap-add)
+    so every frequency takes the other frames where they agree with the reference to within the
+    noise, and the reference where they do not (motion, occlusion, a misaligned tile): it falls
+    back to the reference, it does not ghost. conf_z is the alignment's tile confidence.
+    optional spatial step: the merged spectrum shrunk once more against its reduced noise.
+
+The 2-D DFTs are real-arithmetic matrix products over batches of tiles (the half spectrum of a
+real tile, as rfft2 keeps it), processed strip by strip so the working set stays small.
+
+`merge_robust` is the simple baseline: a per-pixel weighted average whose weights fall to zero
+where a frame differs from the reference by more than the noise allows (after a 3x3 box, so
+that noise alone does not reject), times the tile confidence. `merge_mean` averages blindly.
+
+Saturated samples of a frame are replaced by the reference's before merging, so a clipped
+highlight in one frame cannot leak into the others.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from engine.burst.align import Alignment
+from engine.burst.raw import SATURATION, NoiseModel
+
+_INTERPOLATION = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """method: "wiener" (HDR+ pairwise frequency-domain merge), "robust" (per-pixel weighted
+    average) or "mean" (plain average of the aligned frames, no rejection).
+    tile: Wiener tile side in plane pixels (even; stride tile/2).
+    strength: the Wiener constant c: higher averages more and rejects less.
+    spatial: strength of the spatial Wiener step after the temporal merge (0: off).
+    interpolation: how frames are warped onto the reference, "cubic" or "linear".
+    robust_k: the robust merge rejects a frame where its 3x3-mean difference exceeds
+        robust_k noise sigmas.
+    strip_rows: tile rows per strip (bounds memory on 12 MP frames)."""
+
+    method: str = "wiener"
+    tile: int = 16
+    strength: float = 8.0
+    spatial: float = 3.0
+    interpolation: str = "cubic"
+    robust_k: float = 3.0
+    strip_rows: int = 4
+
+    def __post_init__(self) -> None:
+        if self.method not in ("wiener", "robust", "mean"):
+            raise ValueError(f"merge method must be 'wiener', 'robust' or 'mean', got {self.method!r}")
+        if self.tile < 4 or self.tile % 2:
+            raise ValueError(f"merge tile must be even and at least 4, got {self.tile}")
+        if self.interpolation not in _INTERPOLATION:
+            raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATION)}, got {self.interpolation!r}")
+        if self.strength <= 0 or self.spatial < 0:
+            raise ValueError(f"strength must be > 0 and spatial >= 0, got {self.strength}, {self.spatial}")
+
+
+# -- warping ----------------------------------------------------------------------------------------
+def warp_planes(planes: np.ndarray, flow: np.ndarray, interpolation: str = "cubic",
+                rows: slice | None = None, pad: int = 0) -> np.ndarray:
+    """(4, h, w) planes sampled at x + flow(x) -> (4, h', w') aligned planes.
+
+    rows: output rows to make, in the padded frame (default: all); pad: the output is the
+    planes' frame grown by `pad` pixels on every side (the flow is extended by replication).
+    One fixed-point map is made and shared by the four planes.
+    """
+    h, w = flow.shape[:2]
+    if pad:
+        flow = cv2.copyMakeBorder(flow, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    rows = rows or slice(0, flow.shape[0])
+    f = flow[rows]
+    ys = np.arange(rows.start, rows.stop, dtype=np.float32)[:, None] - pad
+    xs = np.arange(flow.shape[1], dtype=np.float32)[None, :] - pad
+    m1, m2 = cv2.convertMaps(xs + f[..., 0], ys + f[..., 1], cv2.CV_16SC2)
+    interp = _INTERPOLATION[interpolation]
+    return np.stack([cv2.remap(p, m1, m2, interp, borderMode=cv2.BORDER_REFLECT101) for p in planes])
+
+
+# -- the DFT of tiles in real arithmetic -----------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _dft_matrices(t: int) -> tuple[np.ndarray, ...]:
+    """Matrices for the half-spectrum 2-D DFT of (n, t, t) real tiles by matrix products, and the
+    raised-cosine window. See `tile_dft` / `tile_idft`."""
+    k = t // 2 + 1
+    x = np.arange(t)
+    theta = 2 * np.pi * np.outer(x, np.arange(k)) / t  # (t, k): x, kx
+    mx = np.hstack([np.cos(theta), np.sin(theta)]).astype(np.float32)  # (t, 2k)
+    phi = 2 * np.pi * np.outer(x, x) / t  # (t, t): y, ky
+    my = np.hstack([np.cos(phi), np.sin(phi)]).astype(np.float32)  # (t, 2t)
+    cy, sy = np.cos(phi), np.sin(phi)  # [ky, y] (symmetric)
+    inv_y = np.block([[cy, sy], [-sy, cy]]).astype(np.float32)  # [R I] (2t) -> [Uc Us] (2t)
+    a = np.full(k, 2.0)
+    a[0] = 1.0
+    if t % 2 == 0:
+        a[-1] = 1.0
+    inv_x = (np.vstack([a[:, None] * np.cos(theta.T), -a[:, None] * np.sin(theta.T)]) / (t * t)).astype(np.float32)
+    win1 = 0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(t) + 0.5) / t)
+    window = np.outer(win1, win1).astype(np.float32)
+    return mx, my, inv_y, inv_x, window
+
+
+def tile_dft(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, t, t) float32 real tiles -> (re, im), each (n, t/2+1, t) float32: the DFT
+    X[ky, kx] = sum x[y, x] exp(-2 pi i (ky y + kx x) / t) for kx = 0..t/2, stored [kx, ky]."""
+    n, t, _ = tiles.shape
+    mx, my, *_ = _dft_matrices(t)
+    k = t // 2 + 1
+    p = tiles @ mx  # (n, y, [c_kx | s_kx])
+    q = p.transpose(0, 2, 1) @ my  # (n, [c_kx | s_kx], [cos_ky | sin_ky])
+    re = q[:, :k, :t] - q[:, k:, t:]
+    im = q[:, :k, t:] + q[:, k:, :t]
+    np.negative(im, out=im)
+    return re, im
+
+
+def tile_idft(re: np.ndarray, im: np.ndarray) -> np.ndarray:
+    """Inverse of `tile_dft`: (n, t/2+1, t) re and im -> (n, t, t) float32 real tiles."""
+    n, k, t = re.shape
+    _, _, inv_y, inv_x, _ = _dft_matrices(t)
+    u = np.concatenate([re, im], axis=2) @ inv_y  # (n, kx, [Uc(y) | Us(y)])
+    u = u.reshape(n, k, 2, t).transpose(0, 3, 2, 1).reshape(n, t, 2 * k)  # (n, y, [Uc(kx) | Us(kx)])
+    return u @ inv_x
+
+
+def raised_cosine(t: int) -> np.ndarray:
+    """(t, t) float32 separable window 0.5 - 0.5 cos(2 pi (x + 0.5) / t); shifted copies at a
+    stride of t/2 in both directions add up to exactly 1."""
+    return _dft_matrices(t)[4]
+
+
+# -- tiles --------------------------------------------------------------------------------------------
+def _tile_view(img: np.ndarray, t: int) -> np.ndarray:
+    """(..., H, W) with H, W multiples of t/2 -> (..., H/s - 1, W/s - 1, t, t) view of the tiles
+    at stride s = t/2 (no copy)."""
+    s = t // 2
+    *lead, h, w = img.shape
+    st = img.strides
+    shape = (*lead, h // s - 1, w // s - 1, t, t)
+    strides = (*st[:-2], st[-2] * s, st[-1] * s, st[-2], st[-1])
+    return np.lib.stride_tricks.as_strided(img, shape, strides, writeable=False)
+
+
+def _overlap_add(tiles: np.ndarray, t: int) -> np.ndarray:
+    """(..., ny, nx, t, t) tiles at stride s = t/2 -> (..., (ny+1) s, (nx+1) s), their sum."""
+    s = t // 2
+    *lead, ny, nx, _, _ = tiles.shape
+    q = tiles.reshape(*lead, ny, nx, 2, s, 2, s)
+    out = np.zeros((*lead, ny + 1, s, nx + 1, s), np.float32)
+    for a in range(2):
+        for b in range(2):
+            # quadrant (a, b) of tile (j, i) lands on output block (j + a, i + b)
+            out[..., a : a + ny, :, b : b + nx, :] += np.swapaxes(q[..., a, :, b, :], -3, -2)
+    return out.reshape(*lead, (ny + 1) * s, (nx + 1) * s)
+
+
+# -- the merges ----------------------------------------------------------------------------------------
+def merge(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cfg: MergeConfig = MergeConfig()) -> np.ndarray:
+    """(N, 4, h, w) normalised planes of a burst, aligned by `alignment` -> (4, h, w) merged."""
+    if cfg.method == "wiener":
+        return merge_wiener(planes, alignment, noise, cfg)
+    if cfg.method == "robust":
+        return merge_robust(planes, alignment, noise, cfg)
+    return merge_mean(planes, alignment, cfg)
+
+
+def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cfg: MergeConfig = MergeConfig()) -> np.ndarray:
+    """The HDR+ pairwise Wiener merge (see the module docstring). (N, 4, h, w) -> (4, h, w)."""
+    n, _, h, w = planes.shape
+    ref = alignment.ref
+    ref_planes = planes[ref]
+    if n == 1:
+        return ref_planes.copy()
+    t = cfg.tile
+    s = t // 2
+    others = [i for i in range(n) if i != ref]
+    # Pad to whole half-tiles, then half a tile on every side, so the windows cover every pixel.
+    eh, ew = -h % s, -w % s
+    hp, wp = h + eh + t, w + ew + t
+    r_pad = np.stack([cv2.copyMakeBorder(p, s, s + eh, s, s + ew, cv2.BORDER_REFLECT101) for p in ref_planes])
+    flows = [alignment.flow(i) for i in others]
+    ny, nx = hp // s - 1, wp // s - 1
+    conf = _confidence_on_tiles(alignment, others, ny, nx, s)  # (F, ny, nx)
+    level = _tile_means(r_pad, t)  # (4, ny, nx) reference level per tile
+    var_d = 2.0 * noise.variance(level)  # noise of a frame difference, per plane and tile
+    _, _, _, _, window = _dft_matrices(t)
+    sum_w2 = float((window**2).sum())
+    correction = np.zeros((4, hp, wp), np.float32)
+    spatial = cfg.spatial > 0
+    f = len(others)
+    rows_per = max(1, cfg.strip_rows)
+    for r0 in range(0, ny, rows_per):
+        r1 = min(ny, r0 + rows_per)
+        nr = r1 - r0
+        pix = slice(r0 * s, (r1 + 1) * s)  # padded rows these tile rows cover
+        ref_strip = r_pad[:, pix]
+        diff = np.empty((f, 4) + ref_strip.shape[1:], np.float32)
+        for k, i in enumerate(others):
+            alt = warp_planes(planes[i], flows[k], cfg.interpolation, pix, pad=s)
+            np.subtract(ref_strip, alt, out=diff[k])
+            # A clipped sample says nothing about the scene: let the reference speak there.
+            diff[k][(alt >= SATURATION) & (ref_strip < SATURATION)] = 0.0
+        tiles = _tile_view(diff, t) * window  # (F, 4, nr, nx, t, t)
+        re, im = tile_dft(tiles.reshape(-1, t, t))
+        # (1 - A_z) = c / (|D_z|^2 + c), times the alignment confidence: c * conf / (|D|^2 + c)
+        c = (cfg.strength * sum_w2 * var_d[:, r0:r1])[None]  # (1, 4, nr, nx)
+        cc = c * conf[:, None, r0:r1]  # (F, 4, nr, nx)
+        p = re * re
+        p += im * im
+        p += np.broadcast_to(c, cc.shape).reshape(-1, 1, 1)
+        np.divide(cc.reshape(-1, 1, 1), p, out=p)
+        re *= p
+        im *= p
+        acc_re = re.reshape(f, -1, *re.shape[1:]).sum(axis=0)
+        acc_im = im.reshape(f, -1, *im.shape[1:]).sum(axis=0)
+        acc_re /= n
+        acc_im /= n
+        if spatial:
+            m_re, m_im = tile_dft((_tile_view(ref_strip, t) * window).reshape(-1, t, t))
+            m_re -= acc_re
+            m_im -= acc_im
+            # Spatial Wiener on the merged spectrum, against its noise (about var / N).
+            c2 = (cfg.spatial * sum_w2 * var_d[:, r0:r1] / (2.0 * n)).reshape(-1, 1, 1)
+            pw = m_re * m_re
+            pw += m_im * m_im
+            g = pw / (pw + c2)
+            m_re *= g
+            m_im *= g
+            out_tiles = tile_idft(m_re, m_im).reshape(4, nr, nx, t, t)
+            correction[:, pix] += _overlap_add(out_tiles, t)  # the merged image itself in this mode
+        else:
+            corr_tiles = tile_idft(acc_re, acc_im).reshape(4, nr, nx, t, t)
+            correction[:, pix] += _overlap_add(corr_tiles, t)
+    merged = correction if spatial else r_pad - correction
+    return np.ascontiguousarray(merged[:, s : s + h, s : s + w])
+
+
+def _tile_means(img: np.ndarray, t: int) -> np.ndarray:
+    """(C, H, W) with H, W multiples of t/2 -> (C, H/s - 1, W/s - 1) mean over each stride-s tile."""
+    s = t // 2
+    c, hh, ww = img.shape
+    blocks = cv2.resize(np.ascontiguousarray(img.reshape(c * hh, ww)), (ww // s, c * hh // s),
+                        interpolation=cv2.INTER_AREA).reshape(c, hh // s, ww // s)
+    return 0.25 * (blocks[:, :-1, :-1] + blocks[:, 1:, :-1] + blocks[:, :-1, 1:] + blocks[:, 1:, 1:])
+
+
+def _confidence_on_tiles(alignment: Alignment, others: list[int], ny: int, nx: int, s: int) -> np.ndarray:
+    """The alignment's tile confidence resampled (bilinear) at the merge tiles' centres.
+    Merge tile (j, i) covers padded pixels [s j, s j + 2 s), i.e. plane pixels from s (j - 1)."""
+    at = alignment.tile
+    cy = s * np.arange(ny, dtype=np.float32) - 0.5  # centre: s (j - 1) + s - 0.5
+    cx = s * np.arange(nx, dtype=np.float32) - 0.5
+    ty = (cy + 0.5) / at - 0.5
+    tx = (cx + 0.5) / at - 0.5
+    mx, my = np.meshgrid(tx, ty)
+    return np.stack([cv2.remap(np.ascontiguousarray(alignment.confidence[i]), mx, my, cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE) for i in others])
+
+
+def merge_robust(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cfg: MergeConfig = MergeConfig()) -> np.ndarray:
+    """Per-pixel robust average (the simple baseline). (N, 4, h, w) -> (4, h, w).
+
+    Weight of frame z at a pixel: conf_z(tile) * max(0, 1 - (d / (k sigma_d))^2), d the 3x3 box
+    mean of reference - frame_z (noise variance var_d / 9); the reference has weight 1."""
+    n, _, h, w = planes.shape
+    ref = alignment.ref
+    r = planes[ref]
+    num = r.astype(np.float32).copy()
+    den = np.ones_like(num)
+    var_box = 2.0 * noise.variance(cv2.blur(np.ascontiguousarray(r.transpose(1, 2, 0)), (5, 5)).transpose(2, 0, 1)) / 9.0
+    inv = 1.0 / (cfg.robust_k**2 * var_box)
+    for i in range(n):
+        if i == ref:
+            continue
+        a = warp_planes(planes[i], alignment.flow(i), cfg.interpolation)
+        d = cv2.blur(np.ascontiguousarray((r - a).transpose(1, 2, 0)), (3, 3)).transpose(2, 0, 1)
+        wgt = np.maximum(0.0, 1.0 - d * d * inv)
+        wgt *= _confidence_dense(alignment, i)
+        wgt[(a >= SATURATION) & (r < SATURATION)] = 0.0
+        num += wgt * a
+        den += wgt
+    return num / den
+
+
+def _confidence_dense(alignment: Alignment, i: int) -> np.ndarray:
+    """(h, w) confidence of frame i, bilinear between tile centres."""
+    h, w = alignment.shape
+    c = alignment.confidence[i][..., None].repeat(2, axis=-1)
+    from engine.burst.align import upsample_flow
+
+    return np.clip(upsample_flow(c, alignment.tile, h, w)[..., 0], 0.0, 1.0)
+
+
+def merge_mean(planes: np.ndarray, alignment: Alignment | None = None, cfg: MergeConfig = MergeConfig()) -> np.ndarray:
+    """Plain average of the frames, aligned when `alignment` is given (no rejection at all: the
+    ghosting baseline). (N, 4, h, w) -> (4, h, w)."""
+    if alignment is None:
+        return planes.mean(axis=0, dtype=np.float32)
+    acc = planes[alignment.ref].astype(np.float32).copy()
+    for i in range(planes.shape[0]):
+        if i != alignment.ref:
+            acc += warp_planes(planes[i], alignment.flow(i), cfg.interpolation)
+    return acc / planes.shape[0]
