@@ -472,12 +472,14 @@ def _significant(resid: np.ndarray, L: _Level, spread: np.ndarray, weight: np.nd
     significant: chi2 = n r^T S r / spread is the drop in the tile's squared difference that
     moving by r buys, in units of the difference actually left (noise, interpolation, aliasing);
     the residual is scaled by chi2 / (chi2 + 16), so a static tile follows the model and a
-    moving object keeps its own flow. Flat or mostly-outside tiles (weight ~ 0) follow the model."""
+    moving object keeps its own flow. Flat tiles (reliability below 0.15) follow the model."""
     n = L.tile * L.tile
     rx, ry = resid[..., 0], resid[..., 1]
     quad = L.sxx * rx * rx + 2 * L.sxy * rx * ry + L.syy * ry * ry
     chi2 = n * quad / np.maximum(spread, 1e-12)
-    keep = chi2 / (chi2 + 16.0) * np.minimum(1.0, 4.0 * weight)
+    # Pure-noise tiles have reliability ~0.05 (their "texture" is the noise's own gradient, on
+    # which chi2 means nothing); only tiles with real structure keep a flow of their own.
+    keep = chi2 / (chi2 + 16.0) * np.clip((weight - 0.15) / 0.25, 0.0, 1.0)
     return (resid * keep[..., None]).astype(np.float32)
 
 

@@ -184,7 +184,7 @@ def estimate_noise(planes: np.ndarray, bins: int = 16, min_count: int = 200) -> 
     the pixel noise variance in flat areas and little scene content. Blocks are binned by their
     mean; each bin gives a robust variance (MAD of d, which ignores the few textured blocks), and
     a weighted least-squares line through the bins gives S and O (both kept >= 0). Saturated
-    blocks are left out.
+    blocks are left out; small frames get fewer blocks per bin, tiny ones one variance.
     """
     p = planes[:, : planes.shape[1] // 2 * 2, : planes.shape[2] // 2 * 2].astype(np.float32)
     blocks = p.shape[1] * p.shape[2] // 4
@@ -199,21 +199,25 @@ def estimate_noise(planes: np.ndarray, bins: int = 16, min_count: int = 200) -> 
     for i in range(4):
         keep = level[i] < SATURATION * 0.95
         lv, dt = level[i][keep], detail[i][keep]
-        if lv.size < min_count:
+        if lv.size < 8:
             scales.append(0.0)
-            offsets.append(float(np.var(dt)) if dt.size else 1e-6)
+            offsets.append(1e-6)
             continue
+        per_bin = max(16, min(min_count, lv.size // (2 * bins)))
         edges = np.unique(np.quantile(lv, np.linspace(0, 1, bins + 1)))
         which = np.clip(np.searchsorted(edges, lv, side="right") - 1, 0, len(edges) - 2)
         xs, vs, ws = [], [], []
         for k in range(len(edges) - 1):
             sel = dt[which == k]
-            if sel.size < min_count:
+            if sel.size < per_bin:
                 continue
             mad = float(np.median(np.abs(sel - np.median(sel))))
             xs.append(float(np.mean(lv[which == k])))
             vs.append((1.4826 * mad) ** 2)
             ws.append(sel.size)
+        if not xs:  # too few blocks to bin: one robust variance for the whole plane
+            mad = float(np.median(np.abs(dt - np.median(dt))))
+            xs, vs, ws = [float(np.mean(lv))], [(1.4826 * mad) ** 2], [dt.size]
         s, o = _fit_line(np.array(xs), np.array(vs), np.array(ws, np.float64))
         scales.append(s)
         offsets.append(o)
@@ -242,32 +246,36 @@ def defect_mask(stack: np.ndarray, noise: NoiseModel, frames: Sequence[int] | No
     """(N, 4, h, w) normalised planes of a burst -> (4, h, w) bool: hot, dead or stuck pixels.
 
     A pixel is a defect when it differs from the median of its 3x3 same-colour neighbours by more
-    than k noise sigmas in every one of `frames` (default: all). Pass frames the camera moved
-    between (`displaced_frames`): scene detail then lands on other pixels from frame to frame
-    while a sensor defect stays put. Fewer than 3 frames flag nothing: they cannot tell the two
-    apart.
+    than k noise sigmas, the same way (too bright or too dark), in all of `frames` (default: all)
+    but one when there are four or more (a dead pixel cannot show in a dark part of the scene).
+    Pass frames the camera moved between (`displaced_frames`): scene detail then lands on other
+    pixels from frame to frame while a sensor defect stays put. Fewer than 3 frames flag nothing:
+    they cannot tell the two apart.
     """
     frames = list(range(stack.shape[0])) if frames is None else list(frames)
     if len(frames) < 3:
         return np.zeros(stack.shape[1:], bool)
-    mask = np.ones(stack.shape[1:], bool)
+    hot = np.zeros(stack.shape[1:], np.int16)
+    cold = np.zeros(stack.shape[1:], np.int16)
     for i in frames:
         frame = stack[i]
         med = median3(frame)
-        mask &= np.abs(frame - med) > k * np.sqrt(noise.variance(med))
-        if not mask.any():
-            break
-    return mask
+        limit = k * np.sqrt(noise.variance(med))
+        hot += frame - med > limit
+        cold += med - frame > limit
+    need = len(frames) if len(frames) <= 3 else len(frames) - 1
+    return (hot >= need) | (cold >= need)
 
 
-def displaced_frames(offsets: np.ndarray, ref: int, min_shift: float = 1.5, max_frames: int = 4) -> list[int]:
-    """Frames (starting with the reference) whose positions, (N, 2) plane-pixel offsets relative
-    to the reference, all differ from each other by at least `min_shift` plane pixels."""
+def displaced_frames(offsets: np.ndarray, ref: int, min_shift: float = 1.0, max_frames: int = 4) -> list[int]:
+    """Frames (starting with the reference) whose positions, (N, 2) plane-pixel (dx, dy) offsets
+    relative to the reference, differ pairwise by at least `min_shift` plane pixels along both
+    axes (a scene edge that moves along itself must not pass for a defect)."""
     chosen = [ref]
     for i in np.argsort(-np.linalg.norm(offsets - offsets[ref], axis=1)):
         if len(chosen) >= max_frames:
             break
-        if all(np.linalg.norm(offsets[i] - offsets[j]) >= min_shift for j in chosen):
+        if all(np.all(np.abs(offsets[i] - offsets[j]) >= min_shift) for j in chosen):
             chosen.append(int(i))
     return chosen
 

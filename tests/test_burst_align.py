@@ -1,0 +1,102 @@
+"""engine.burst.align: known motion recovered, both aligners, confidence, odd sizes."""
+import numpy as np
+import pytest
+
+from engine.burst.align import AlignConfig, align, upsample_flow
+from engine.burst.raw import grey
+from tests.burst_data import STATIC, SYNTHETIC_BURST_MOTION, MotionConfig, MovingObject, burst, noise_model
+from trainers.burst_synthesis import true_flow
+
+
+def epe(b, alignment, border=8) -> np.ndarray:
+    """Mean end-point error per frame (mosaic pixels) of the dense flow against the true motion,
+    `border` plane pixels ignored."""
+    h, w = alignment.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    pts = np.stack([2 * xs.ravel() + 0.5, 2 * ys.ravel() + 0.5], axis=1)  # plane pixel -> mosaic centre
+    out = []
+    for i in range(1, b.noisy.shape[0]):
+        truth = true_flow(b.motion[0], b.motion[i], 2 * h, 2 * w, pts).reshape(h, w, 2)
+        err = np.linalg.norm(2 * alignment.flow(i) - truth, axis=-1)
+        out.append(err[border:-border, border:-border].mean())
+    return np.array(out)
+
+
+@pytest.mark.parametrize("name", ["astronaut", "chelsea"])
+def test_known_translations_are_recovered_to_a_tenth_of_a_pixel(name):
+    b = burst(6, gain=1, size=(512, 384), seed=4, name=name, motion=MotionConfig(6.0, 0.0))
+    al = align(grey(b.noisy), 0, noise_model(b))
+    errors = epe(b, al)
+    assert errors.mean() <= 0.1, errors
+    # the affine model carries the translation: compare with the truth directly
+    for i in range(1, 6):
+        assert np.allclose(2 * al.affine[i][:, 2], -b.motion[i][:2], atol=0.12)
+
+
+def test_handheld_rotation_and_translation_are_recovered():
+    b = burst(8, gain=1, size=(512, 384), seed=5, motion=SYNTHETIC_BURST_MOTION)
+    errors = epe(b, align(grey(b.noisy), 0, noise_model(b)))
+    assert errors.mean() <= 0.12 and errors.max() <= 0.25, errors
+
+
+def test_large_jumps_are_found_by_the_coarse_search():
+    b = burst(3, gain=2, size=(512, 384), seed=6, motion=MotionConfig(20.0, 0.0))
+    assert np.abs(b.motion[1:, :2]).max() > 10
+    assert epe(b, align(grey(b.noisy), 0, noise_model(b))).max() <= 0.2
+
+
+def test_dis_alignment_is_close_and_reports_a_dense_field():
+    b = burst(4, gain=1, size=(256, 192), seed=7)
+    al = align(grey(b.noisy), 0, noise_model(b), AlignConfig(method="dis"))
+    assert al.dense is not None and al.dense.shape == (4, 96, 128, 2)
+    assert al.method == "dis" and epe(b, al).mean() <= 0.6
+
+
+def test_static_burst_gets_zero_flow_and_full_confidence():
+    b = burst(4, gain=1, size=(256, 192), seed=8, motion=STATIC)
+    al = align(grey(b.noisy), 0, noise_model(b))
+    assert np.abs(al.tile_flow).mean() < 0.02 and np.abs(al.tile_flow).max() < 0.25
+    assert al.confidence.mean() > 0.9
+
+
+def test_a_moving_object_gets_low_confidence_where_it_moved_from_the_model():
+    obj = MovingObject(size=48, start=(60, 60), velocity=(20, 10))
+    b = burst(4, gain=1, size=(256, 192), seed=9, motion=STATIC, moving_object=obj)
+    al = align(grey(b.noisy), 0, noise_model(b))
+    tiles_hit = np.zeros(al.confidence.shape[1:], bool)
+    for x, y, s in b.object_boxes[1:]:
+        tiles_hit[y // 32 : (y + s) // 32 + 1, x // 32 : (x + s) // 32 + 1] = True
+    conf = al.confidence[1:]
+    assert conf[:, tiles_hit].mean() < 0.6 < conf[:, ~tiles_hit].mean()
+
+
+def test_reference_can_be_any_frame_and_its_own_flow_is_zero():
+    b = burst(4, gain=1, size=(256, 192), seed=10)
+    al = align(grey(b.noisy), 2, noise_model(b))
+    assert al.ref == 2 and not al.tile_flow[2].any() and (al.confidence[2] == 1).all()
+
+
+@pytest.mark.parametrize("size", [(40, 24), (64, 48), (250, 130)])
+def test_small_and_odd_sizes_align_without_error(size):
+    b = burst(3, gain=1, size=size, seed=11, motion=MotionConfig(2.0, 0.0))
+    for method in ("tiles", "dis"):
+        al = align(grey(b.noisy), 0, noise_model(b), AlignConfig(method=method))
+        assert al.flow(1).shape == (size[1] // 2, size[0] // 2, 2)
+        assert np.isfinite(al.flow(1)).all()
+
+
+def test_one_frame_aligns_to_itself():
+    b = burst(1, size=(64, 48))
+    al = align(grey(b.noisy), 0, noise_model(b))
+    assert al.tile_flow.shape[0] == 1 and not al.tile_flow.any()
+
+
+def test_upsampled_flow_reproduces_an_affine_field_exactly():
+    tile = 16
+    ny, nx = 6, 8
+    cy, cx = np.mgrid[0:ny, 0:nx] * tile + (tile - 1) / 2
+    field = np.stack([0.01 * cx - 0.02 * cy + 1.5, 0.03 * cx + 0.5], axis=-1).astype(np.float32)
+    dense = upsample_flow(field, tile, ny * tile, nx * tile)
+    ys, xs = np.mgrid[0 : ny * tile, 0 : nx * tile]
+    want = np.stack([0.01 * xs - 0.02 * ys + 1.5, 0.03 * xs + 0.5], axis=-1)
+    assert np.abs(dense - want).max() < 1e-3
