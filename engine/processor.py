@@ -184,10 +184,17 @@ class BicubicProcessor(Processor):
         return bgr, out
 
 
+def _burst_fusion() -> Processor:
+    from engine.burst.fusion import BurstFusion  # imported here: engine.burst imports this module
+
+    return BurstFusion()
+
+
 # Processors that need no weights, by the name `--model` and the GUI use.
 BUILTIN: dict[str, Callable[[], Processor]] = {
     "bicubic": BicubicProcessor,
     "passthrough": Passthrough,
+    "burst_fusion": _burst_fusion,
 }
 
 
