@@ -184,10 +184,11 @@ class BicubicProcessor(Processor):
         return bgr, out
 
 
-def _burst_fusion() -> Processor:
+def _burst_fusion(frames: int = 8) -> Processor:
+    """BurstFusion over the newest `frames` frames (the burst length the user chose)."""
     from engine.burst.fusion import BurstFusion  # imported here: engine.burst imports this module
 
-    return BurstFusion()
+    return BurstFusion(frames)
 
 
 # Processors that need no weights, by the name `--model` and the GUI use.

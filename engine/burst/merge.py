@@ -76,7 +76,9 @@ def warp_planes(planes: np.ndarray, flow: np.ndarray, interpolation: str = "cubi
 
     rows: output rows to make, in the padded frame (default: all); pad: the output is the
     planes' frame grown by `pad` pixels on every side (the flow is extended by replication).
-    One fixed-point map is made and shared by the four planes.
+    The four planes are warped together: only the band of source rows the output reads (rows
+    past the top and bottom reflected, as OpenCV's REFLECT_101 would) is interleaved, remapped
+    once, and split back.
     """
     h, w = flow.shape[:2]
     if pad:
@@ -85,22 +87,34 @@ def warp_planes(planes: np.ndarray, flow: np.ndarray, interpolation: str = "cubi
     f = flow[rows]
     ys = np.arange(rows.start, rows.stop, dtype=np.float32)[:, None] - pad
     xs = np.arange(flow.shape[1], dtype=np.float32)[None, :] - pad
-    m1, m2 = cv2.convertMaps(xs + f[..., 0], ys + f[..., 1], cv2.CV_16SC2)
-    interp = _INTERPOLATION[interpolation]
-    return np.stack([cv2.remap(p, m1, m2, interp, borderMode=cv2.BORDER_REFLECT101) for p in planes])
+    map_y = ys + f[..., 1]
+    top = int(np.floor(map_y.min())) - 3
+    bottom = int(np.ceil(map_y.max())) + 4
+    idx = np.arange(top, bottom)
+    last = planes.shape[1] - 1
+    idx = np.abs(idx)  # reflect (OpenCV's REFLECT_101) at the top...
+    idx = np.where(idx > last, 2 * last - idx, idx).clip(0, last)  # ...and at the bottom
+    src = np.ascontiguousarray(planes[:, idx].transpose(1, 2, 0))
+    map_y = map_y - top
+    border = cv2.BORDER_REFLECT101
+    m1, m2 = cv2.convertMaps(xs + f[..., 0], map_y, cv2.CV_16SC2)
+    out = cv2.remap(src, m1, m2, _INTERPOLATION[interpolation], borderMode=border)
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
 # -- the DFT of tiles in real arithmetic -----------------------------------------------------------
 @functools.lru_cache(maxsize=4)
 def _dft_matrices(t: int) -> tuple[np.ndarray, ...]:
     """Matrices for the half-spectrum 2-D DFT of (n, t, t) real tiles by matrix products, and the
-    raised-cosine window. See `tile_dft` / `tile_idft`."""
+    raised-cosine window: (mx, my) plain, (mxw, myw) with the window folded in (the window is
+    separable, so windowing a tile is a diagonal scaling on each side), the inverse pair, and the
+    window. See `tile_dft` / `tile_idft`."""
     k = t // 2 + 1
     x = np.arange(t)
     theta = 2 * np.pi * np.outer(x, np.arange(k)) / t  # (t, k): x, kx
-    mx = np.hstack([np.cos(theta), np.sin(theta)]).astype(np.float32)  # (t, 2k)
+    mx = np.hstack([np.cos(theta), np.sin(theta)])  # (t, 2k)
     phi = 2 * np.pi * np.outer(x, x) / t  # (t, t): y, ky
-    my = np.hstack([np.cos(phi), np.sin(phi)]).astype(np.float32)  # (t, 2t)
+    my = np.hstack([np.cos(phi), np.sin(phi)])  # (t, 2t)
     cy, sy = np.cos(phi), np.sin(phi)  # [ky, y] (symmetric)
     inv_y = np.block([[cy, sy], [-sy, cy]]).astype(np.float32)  # [R I] (2t) -> [Uc Us] (2t)
     a = np.full(k, 2.0)
@@ -110,16 +124,22 @@ def _dft_matrices(t: int) -> tuple[np.ndarray, ...]:
     inv_x = (np.vstack([a[:, None] * np.cos(theta.T), -a[:, None] * np.sin(theta.T)]) / (t * t)).astype(np.float32)
     win1 = 0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(t) + 0.5) / t)
     window = np.outer(win1, win1).astype(np.float32)
-    return mx, my, inv_y, inv_x, window
+    f32 = np.float32
+    return (mx.astype(f32), my.astype(f32), inv_y, inv_x, window,
+            (win1[:, None] * mx).astype(f32), (win1[:, None] * my).astype(f32))
 
 
-def tile_dft(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(n, t, t) float32 real tiles -> (re, im), each (n, t/2+1, t) float32: the DFT
-    X[ky, kx] = sum x[y, x] exp(-2 pi i (ky y + kx x) / t) for kx = 0..t/2, stored [kx, ky]."""
-    n, t, _ = tiles.shape
-    mx, my, *_ = _dft_matrices(t)
+def tile_dft(tiles: np.ndarray, windowed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(..., t, t) float32 real tiles -> (re, im), each (n, t/2+1, t) float32 (n = all leading
+    elements): X[ky, kx] = sum x[y, x] exp(-2 pi i (ky y + kx x) / t) for kx = 0..t/2, stored
+    [kx, ky]. windowed=True applies the raised-cosine window first (folded into the matrices, so
+    a strided view of tiles is transformed without being copied)."""
+    t = tiles.shape[-1]
+    mx, my, _, _, _, mxw, myw = _dft_matrices(t)
+    if windowed:
+        mx, my = mxw, myw
     k = t // 2 + 1
-    p = tiles @ mx  # (n, y, [c_kx | s_kx])
+    p = (tiles @ mx).reshape(-1, t, 2 * k)  # (n, y, [c_kx | s_kx])
     q = p.transpose(0, 2, 1) @ my  # (n, [c_kx | s_kx], [cos_ky | sin_ky])
     re = q[:, :k, :t] - q[:, k:, t:]
     im = q[:, :k, t:] + q[:, k:, :t]
@@ -130,7 +150,7 @@ def tile_dft(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def tile_idft(re: np.ndarray, im: np.ndarray) -> np.ndarray:
     """Inverse of `tile_dft`: (n, t/2+1, t) re and im -> (n, t, t) float32 real tiles."""
     n, k, t = re.shape
-    _, _, inv_y, inv_x, _ = _dft_matrices(t)
+    _, _, inv_y, inv_x, *_ = _dft_matrices(t)
     u = np.concatenate([re, im], axis=2) @ inv_y  # (n, kx, [Uc(y) | Us(y)])
     u = u.reshape(n, k, 2, t).transpose(0, 3, 2, 1).reshape(n, t, 2 * k)  # (n, y, [Uc(kx) | Us(kx)])
     return u @ inv_x
@@ -196,7 +216,7 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
     conf = _confidence_on_tiles(alignment, others, ny, nx, s)  # (F, ny, nx)
     level = _tile_means(r_pad, t)  # (4, ny, nx) reference level per tile
     var_d = 2.0 * noise.variance(level)  # noise of a frame difference, per plane and tile
-    _, _, _, _, window = _dft_matrices(t)
+    window = raised_cosine(t)
     sum_w2 = float((window**2).sum())
     correction = np.zeros((4, hp, wp), np.float32)
     spatial = cfg.spatial > 0
@@ -213,8 +233,7 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
             np.subtract(ref_strip, alt, out=diff[k])
             # A clipped sample says nothing about the scene: let the reference speak there.
             diff[k][(alt >= SATURATION) & (ref_strip < SATURATION)] = 0.0
-        tiles = _tile_view(diff, t) * window  # (F, 4, nr, nx, t, t)
-        re, im = tile_dft(tiles.reshape(-1, t, t))
+        re, im = tile_dft(_tile_view(diff, t), windowed=True)  # tiles (F, 4, nr, nx, t, t)
         # (1 - A_z) = c / (|D_z|^2 + c), times the alignment confidence: c * conf / (|D|^2 + c)
         c = (cfg.strength * sum_w2 * var_d[:, r0:r1])[None]  # (1, 4, nr, nx)
         cc = c * conf[:, None, r0:r1]  # (F, 4, nr, nx)
@@ -229,7 +248,7 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
         acc_re /= n
         acc_im /= n
         if spatial:
-            m_re, m_im = tile_dft((_tile_view(ref_strip, t) * window).reshape(-1, t, t))
+            m_re, m_im = tile_dft(_tile_view(ref_strip, t), windowed=True)
             m_re -= acc_re
             m_im -= acc_im
             # Spatial Wiener on the merged spectrum, against its noise (about var / N).
