@@ -104,6 +104,15 @@ class EngineStats:
 
 
 @dataclass(frozen=True)
+class _Timing:
+    """What the statistics need of one Result, without its pictures."""
+
+    t_done_ns: int
+    latency_ms: float
+    stages: dict[str, float]
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     """poll_s: how long one wait for a frame lasts, which bounds how fast stop/pause/switch react.
     window: results kept for fps and the medians."""
@@ -147,7 +156,9 @@ class EngineWorker:
         self._state = WorkerState.IDLE
         self._error: str | None = None
         self._processed = self._skipped = self._errors = self._record_dropped = 0
-        self._recent: collections.deque[Result] = collections.deque(maxlen=config.window)
+        # Timings only: holding whole Results would keep `window` full-size pictures alive (~550 MB
+        # of 1280x960 outputs at the default window) just for statistics.
+        self._recent: collections.deque[_Timing] = collections.deque(maxlen=config.window)
 
     # -- control (any thread) ----------------------------------------------------------------
     def start(self) -> None:
@@ -323,7 +334,7 @@ class EngineWorker:
         result = dataclasses.replace(result, skipped=skipped)
         with self._lock:
             self._processed += 1
-            self._recent.append(result)
+            self._recent.append(_Timing(result.t_done_ns, result.latency_ms, dict(result.stages)))
         if self._state is WorkerState.ERROR:
             self._set_state(WorkerState.RUNNING, None)
         self.slot.put(result)
