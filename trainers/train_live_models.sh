@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # StudentSR and the ESPCN/FSRCNN baselines: same data, same steps, same batch (the engine benchmark
-# compares them). About 10 min for StudentSR and 25 min for each baseline on 2 cores; run it with
+# compares them). About 4 min for StudentSR and 10-15 min for each baseline on 2 idle cores; run it with
 #   nohup trainers/train_live_models.sh > runs/train_live_models.log 2>&1 &
 # Checkpoints go to runs/ (resumable: re-run the script after an interruption).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p runs training_logs
-COMMON="--epochs 30 --steps-per-epoch 250 --batch 16 --patch 48 --threads 2"
-$PY -m trainers.train_student --arch student_sr $COMMON --log-path training_logs/student_sr.csv --checkpoint runs/student_sr.ckpt --resume
+COMMON="--epochs 12 --steps-per-epoch 250 --batch 16 --patch 48 --threads 2"
+# (student last: its run overwrites the weights the app uses)
 $PY -m trainers.train_student --arch espcn --lr 1e-3 $COMMON --log-path training_logs/espcn.csv --checkpoint runs/espcn.ckpt --resume
 $PY -m trainers.train_student --arch fsrcnn --lr 1e-3 $COMMON --log-path training_logs/fsrcnn.csv --checkpoint runs/fsrcnn.ckpt --resume
+$PY -m trainers.train_student --arch student_sr $COMMON --log-path training_logs/student_sr.csv --checkpoint runs/student_sr.ckpt --resume
