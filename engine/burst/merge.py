@@ -76,14 +76,20 @@ def warp_planes(planes: np.ndarray, flow: np.ndarray, interpolation: str = "cubi
 
     rows: output rows to make, in the padded frame (default: all); pad: the output is the
     planes' frame grown by `pad` pixels on every side (the flow is extended by replication).
+    """
+    if pad:
+        flow = cv2.copyMakeBorder(flow, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    return warp_rows(planes, flow, rows or slice(0, flow.shape[0]), pad, interpolation)
+
+
+def warp_rows(planes: np.ndarray, flow: np.ndarray, rows: slice, pad: int, interpolation: str = "cubic") -> np.ndarray:
+    """Rows `rows` of the (4, h, w) planes warped by a flow given on the frame grown by `pad`
+    pixels on every side ((h + 2 pad, w + 2 pad, 2) or larger), -> (4, len(rows), flow width).
+
     The four planes are warped together: only the band of source rows the output reads (rows
     past the top and bottom reflected, as OpenCV's REFLECT_101 would) is interleaved, remapped
     once, and split back.
     """
-    h, w = flow.shape[:2]
-    if pad:
-        flow = cv2.copyMakeBorder(flow, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    rows = rows or slice(0, flow.shape[0])
     f = flow[rows]
     ys = np.arange(rows.start, rows.stop, dtype=np.float32)[:, None] - pad
     xs = np.arange(flow.shape[1], dtype=np.float32)[None, :] - pad
@@ -95,10 +101,8 @@ def warp_planes(planes: np.ndarray, flow: np.ndarray, interpolation: str = "cubi
     idx = np.abs(idx)  # reflect (OpenCV's REFLECT_101) at the top...
     idx = np.where(idx > last, 2 * last - idx, idx).clip(0, last)  # ...and at the bottom
     src = np.ascontiguousarray(planes[:, idx].transpose(1, 2, 0))
-    map_y = map_y - top
-    border = cv2.BORDER_REFLECT101
-    m1, m2 = cv2.convertMaps(xs + f[..., 0], map_y, cv2.CV_16SC2)
-    out = cv2.remap(src, m1, m2, _INTERPOLATION[interpolation], borderMode=border)
+    m1, m2 = cv2.convertMaps(xs + f[..., 0], map_y - top, cv2.CV_16SC2)
+    out = cv2.remap(src, m1, m2, _INTERPOLATION[interpolation], borderMode=cv2.BORDER_REFLECT101)
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
@@ -211,7 +215,8 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
     eh, ew = -h % s, -w % s
     hp, wp = h + eh + t, w + ew + t
     r_pad = np.stack([cv2.copyMakeBorder(p, s, s + eh, s, s + ew, cv2.BORDER_REFLECT101) for p in ref_planes])
-    flows = [alignment.flow(i) for i in others]
+    # each frame's dense flow, once, on the padded frame (edges replicated)
+    flows = [cv2.copyMakeBorder(alignment.flow(i), s, s + eh, s, s + ew, cv2.BORDER_REPLICATE) for i in others]
     ny, nx = hp // s - 1, wp // s - 1
     conf = _confidence_on_tiles(alignment, others, ny, nx, s)  # (F, ny, nx)
     level = _tile_means(r_pad, t)  # (4, ny, nx) reference level per tile
@@ -229,7 +234,7 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
         ref_strip = r_pad[:, pix]
         diff = np.empty((f, 4) + ref_strip.shape[1:], np.float32)
         for k, i in enumerate(others):
-            alt = warp_planes(planes[i], flows[k], cfg.interpolation, pix, pad=s)
+            alt = warp_rows(planes[i], flows[k], pix, s, cfg.interpolation)
             np.subtract(ref_strip, alt, out=diff[k])
             # A clipped sample says nothing about the scene: let the reference speak there.
             diff[k][(alt >= SATURATION) & (ref_strip < SATURATION)] = 0.0
