@@ -29,6 +29,8 @@ def machine_info() -> dict[str, Any]:
         "logical_cores": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
+        # Other work on a 2-core machine moves every timing: say how busy it was when results were written.
+        "load_avg_1min_at_write": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     for mod in ("numpy", "cv2", "onnxruntime"):
         try:
