@@ -288,7 +288,9 @@ def run(args: argparse.Namespace) -> int:
                  f"video ({next(iter(distill['vs_teacher'].values()))['pairs'] if distill and distill['vs_teacher'] else 0} "
                  f"frames never trained on).")
     else:
-        body += f"\n\nNo {DISTILLED} in {weights / 'manifest.json'} yet: run the distillation chain (README)."
+        body += (f"\n\nNo {DISTILLED} in {weights / 'manifest.json'} yet: run the distillation chain (eyefuse capture "
+                 f"-> python -m trainers.teacher RAW TEACHER -> python -m trainers.prepare_dataset RAW TEACHER -> "
+                 f"python -m trainers.train_student --targets teacher --data RAW --teacher-dir TEACHER --name {DISTILLED}).")
     sections.append(("Distillation: students beside the teacher chain (webcam protocol, 2x)", body))
     out = {"task_quality": tq, "speed_seconds": speed, "webcam_mid": webcam, "ms_per_frame": ms, "distillation": distill,
            "archs": archs}
