@@ -164,6 +164,28 @@ def test_burst_fusion_runs_in_the_engine_on_the_simulated_bayer_camera(no_leaked
     assert {"align", "merge", "finish"} <= set(stats.stage_median_ms)
 
 
+def test_burst_fusion_runs_on_a_dng_folder_played_as_a_stream(tmp_path, no_leaked_threads):
+    from capture.dng import DngBurstSource
+    from capture.ring_buffer import RingBuffer
+    from capture.worker import CaptureWorker
+    from engine.worker import EngineWorker
+
+    _, frames = frames_of(5, size=(128, 96), seed=51)
+    for i, f in enumerate(frames):
+        write_dng(tmp_path / f"f{i}.dng", f, bits=12)
+    ring = RingBuffer(8)
+    capture = CaptureWorker(DngBurstSource(str(tmp_path / "*.dng"), fps=60, paced=True, loop=True), ring)
+    engine = EngineWorker(ring, BurstFusion(frames=4))
+    engine.start()
+    capture.start()
+    try:
+        result = engine.slot.get(timeout=20)
+    finally:
+        capture.stop()
+        engine.stop(timeout=5.0)
+    assert result.ok and result.output.shape == (96, 128, 3) and len(result.frames) == 4
+
+
 @pytest.mark.slow
 def test_burst_fusion_runs_live_headless_for_500_frames():
     from app.pipeline import PipelineConfig, run_headless
