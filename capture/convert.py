@@ -6,11 +6,11 @@ import numpy as np
 
 from capture.frame import Frame, PixelFormat, RawMeta
 
-_BAYER_TO_BGR = {  # OpenCV names Bayer codes by the 2nd row's first two pixels; these map our row-major names
-    "RGGB": cv2.COLOR_BayerRG2BGR,
-    "BGGR": cv2.COLOR_BayerBG2BGR,
-    "GRBG": cv2.COLOR_BayerGR2BGR,
-    "GBRG": cv2.COLOR_BayerGB2BGR,
+_BAYER_TO_BGR = {  # OpenCV names Bayer codes by the 2nd row's 2nd and 3rd pixels: our row-major RGGB is its "BG"
+    "RGGB": cv2.COLOR_BayerBG2BGR,
+    "BGGR": cv2.COLOR_BayerRG2BGR,
+    "GRBG": cv2.COLOR_BayerGB2BGR,
+    "GBRG": cv2.COLOR_BayerGR2BGR,
 }
 
 

@@ -58,3 +58,15 @@ def test_to_bgr8_converts_every_format():
     raw = RawMeta(black_level=(64, 64, 64, 64), white_level=4095)
     b = Frame(np.full((4, 6), 4095, np.uint16), 0, 0, "t", PixelFormat.BAYER16, raw=raw)
     assert (to_bgr8(b) == 255).all()  # saturated white stays white through WB and gamma
+
+
+@pytest.mark.parametrize("pattern", ["RGGB", "BGGR", "GRBG", "GBRG"])
+def test_bayer_preview_puts_red_sites_in_the_red_channel(pattern):
+    """A scene that is pure red lights only the R sites of the mosaic; the preview must come out red."""
+    mosaic = np.zeros((8, 8), np.uint16)
+    r_y, r_x = divmod(pattern.index("R"), 2)
+    mosaic[r_y::2, r_x::2] = 60000
+    meta = RawMeta(black_level=(0, 0, 0, 0), white_level=65535, cfa_pattern=pattern)
+    bgr = to_bgr8(Frame(mosaic, 0, 1, "t", PixelFormat.BAYER16, raw=meta))
+    centre = bgr[2:6, 2:6].reshape(-1, 3).mean(axis=0)
+    assert centre[2] > 200 and centre[0] < 20 and centre[1] < 20, centre
