@@ -61,24 +61,40 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    """Each task trained one epoch, then resumed to two: (folder, captured stdout/stderr per task)."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("trained")
+    outputs = {}
+    for task in TINY:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            assert main(_args(data, root, task, 1)) == 0
+            assert main(_args(data, root, task, 2, "--resume")) == 0
+        outputs[task] = (out.getvalue(), err.getvalue())
+    return root, outputs
+
+
 @pytest.mark.parametrize("task", ["sr", "deblur", "denoise"])
-def test_trains_logs_resumes_and_writes_published_weights(data, tmp_path, task, capsys):
-    assert main(_args(data, tmp_path, task, 1)) == 0
-    assert main(_args(data, tmp_path, task, 2, "--resume")) == 0
-    out = capsys.readouterr()
-    assert "resumed" in out.out and "skipping unreadable training image" in out.err
-    rows = _rows(tmp_path / f"teacher_{task}.csv")
+def test_trains_logs_resumes_and_writes_published_weights(trained, task):
+    root, outputs = trained
+    out, err = outputs[task]
+    assert "resumed" in out and "skipping unreadable training image" in err
+    rows = _rows(root / f"teacher_{task}.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert list(rows[0]) == ["epoch", "train_l1", "val_l1", "train_psnr", "val_psnr", "lr", "seconds"]
     assert all(np.isfinite(float(v)) for r in rows for v in r.values())
 
     spec = TASKS[task]
-    path = tmp_path / "w" / "teachers" / spec.checkpoint
+    path = root / "w" / "teachers" / spec.checkpoint
     raw = torch.load(path, weights_only=True)
     assert list(raw) == ["params"], "published BasicSR layout"
     net = load_checkpoint((NAFSSR if task == "sr" else NAFNet)(**TINY[task]), path)
     assert net is not None
-    entry = load_manifest(tmp_path / "w")[spec.model_name]
+    entry = load_manifest(root / "w")[spec.model_name]
     assert entry.kind == f"teacher_{task}" and entry.file == f"teachers/{spec.checkpoint}"
     assert entry.inputs[0].layout == "NCHW" and entry.inputs[0].dtype == "float32"
     assert entry.outputs[0].shape == ([1, 3, "4*H", "4*W"] if task == "sr" else [1, 3, "H", "W"])
@@ -86,14 +102,13 @@ def test_trains_logs_resumes_and_writes_published_weights(data, tmp_path, task, 
     assert np.isfinite(entry.quality["kodak24_psnr"])
     if task == "denoise":
         assert np.isfinite(entry.quality["cc15_psnr"]) and "cc15_noisy_psnr" in entry.quality
+        assert "skipping CC15 pair cam_2" in err
 
 
-def test_trained_teachers_run_in_the_teacher_pipeline(data, tmp_path):
+def test_trained_teachers_run_in_the_teacher_pipeline(trained, tmp_path):
     from trainers.teacher import TeacherConfig, run_teacher
 
-    for task in TINY:
-        assert main(_args(data, tmp_path, task, 1, "--steps-per-epoch", "1")) == 0
-    teachers = tmp_path / "w" / "teachers"
+    teachers = trained[0] / "w" / "teachers"
     cfg = TeacherConfig(sr_checkpoint=teachers / "nafssr_sr4.pth", deblur_checkpoint=teachers / "nafnet_deblur.pth",
                         denoise_checkpoint=teachers / "nafnet_denoise.pth", archs=TINY, workers=1)
     src = tmp_path / "frames"
