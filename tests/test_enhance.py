@@ -169,6 +169,6 @@ def test_unknown_model_and_bad_output_type(tmp_path, weights, capsys):
     src = tmp_path / "in.png"
     cv2.imwrite(str(src), image())
     assert cli(str(src), "-o", str(tmp_path / "o.png"), "--model", "nope", "--weights", str(weights)) == 1
-    assert "no processor or model named 'nope' (choose from: bicubic, passthrough, nearest" in capsys.readouterr().err
+    assert "no processor or model named 'nope' (choose from: bicubic, passthrough, burst_fusion, nearest" in capsys.readouterr().err
     assert cli(str(src), "-o", str(tmp_path / "o.xyz"), "--model", "bicubic") == 1
     assert "cannot write images of type '.xyz'" in capsys.readouterr().err

@@ -118,7 +118,7 @@ def test_wrong_dtype_and_rank_refused(tmp_path):
 def test_unknown_model_lists_the_known_ones(weights):
     with pytest.raises(WeightsError, match=r"no model named 'student_sr' in .*manifest\.json \(models there: linear, nan"):
         load_model("student_sr", weights, CFG)
-    with pytest.raises(WeightsError, match=r"no processor or model named 'nope' \(choose from: bicubic, passthrough, linear"):
+    with pytest.raises(WeightsError, match=r"no processor or model named 'nope' \(choose from: bicubic, passthrough, burst_fusion, linear"):
         make_processor("nope", weights, CFG)
 
 
@@ -128,7 +128,7 @@ def test_available_models_only_lists_present_files(tmp_path):
     (tmp_path / "linear.onnx").unlink()
     assert [e.name for e in available_models(weights_dir=tmp_path)] == ["nearest"]
     assert available_models("burst_refine", tmp_path) == []
-    assert processor_names(tmp_path) == ["bicubic", "passthrough", "nearest"]
+    assert processor_names(tmp_path) == ["bicubic", "passthrough", "burst_fusion", "nearest"]
     assert available_models(weights_dir=tmp_path / "nowhere") == []
 
 
