@@ -158,13 +158,7 @@ def fuse_burst(frames: Sequence[Frame], cfg: BurstConfig = BurstConfig(), timer:
         if warn:
             warnings.warn(msg, stacklevel=2)
         notes.append(msg)
-        planes = stack[0]
-        lens = _lens_model(planes, meta, cfg, timer)
-        out_meta = meta
-        if cfg.lens == "raw" and not lens.is_identity:
-            with timer.stage("lens"):
-                planes = correct(planes, lens, meta.cfa_pattern)
-                out_meta = meta.replace(opcodes=without_lens_opcodes(meta.opcodes))
+        planes, out_meta, lens = _apply_lens(stack[0], meta, cfg, timer)
         return FusedBurst(planes, stack[0], out_meta, noise, None, ref, used,
                           [(i, w) for i, w in problems], lens, None, notes)
     with timer.stage("align"):
@@ -180,12 +174,7 @@ def fuse_burst(frames: Sequence[Frame], cfg: BurstConfig = BurstConfig(), timer:
                 stack = np.stack([repair_defects(p, mask) for p in stack])
     with timer.stage("merge"):
         merged = merge(stack, alignment, noise, cfg.merge)
-    lens = _lens_model(merged, meta, cfg, timer)
-    out_meta = meta
-    if cfg.lens == "raw" and not lens.is_identity:
-        with timer.stage("lens"):
-            merged = correct(merged, lens, meta.cfa_pattern)
-            out_meta = meta.replace(opcodes=without_lens_opcodes(meta.opcodes))
+    merged, out_meta, lens = _apply_lens(merged, meta, cfg, timer)
     return FusedBurst(merged, stack[r], out_meta, noise, alignment, ref, used,
                       [(i, w) for i, w in problems], lens, mask, notes)
 
@@ -196,6 +185,19 @@ def _offsets(alignment: Alignment) -> np.ndarray:
     if alignment.affine is not None:
         return alignment.affine[:, :, :2] @ np.array([w / 2, h / 2], np.float32) + alignment.affine[:, :, 2]
     return np.median(alignment.tile_flow.reshape(alignment.tile_flow.shape[0], -1, 2), axis=1)
+
+
+def _apply_lens(planes: np.ndarray, meta: RawMeta, cfg: BurstConfig,
+                timer: StageTimer) -> tuple[np.ndarray, RawMeta, LensModel]:
+    """(4, H/2, W/2) planes -> (planes, output metadata, lens model). With cfg.lens "raw" the
+    correction goes into the pixels and the lens opcodes leave the metadata (so a raw converter
+    does not apply them twice); otherwise the pixels and opcodes stay as they are."""
+    lens = _lens_model(planes, meta, cfg, timer)
+    if cfg.lens != "raw" or lens.is_identity:
+        return planes, meta, lens
+    with timer.stage("lens"):
+        planes = correct(planes, lens, meta.cfa_pattern)
+    return planes, meta.replace(opcodes=without_lens_opcodes(meta.opcodes)), lens
 
 
 def _lens_model(planes: np.ndarray, meta: RawMeta, cfg: BurstConfig, timer: StageTimer) -> LensModel:
