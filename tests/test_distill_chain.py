@@ -93,3 +93,34 @@ def test_teacher_refuses_a_checkpoint_of_another_width_before_any_work(tmp_path,
     assert teacher.main([str(raw), str(tmp_path / "out"), *args, "--no-progress"]) == 2
     assert "intro.weight: checkpoint (8, 3, 3, 3) vs model (16, 3, 3, 3)" in capsys.readouterr().err
     assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_teacher_on_a_full_disk_keeps_what_it_wrote_and_resumes(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from trainers import teacher as teacher_mod
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        cv2.imwrite(str(raw / f"f{i}.png"), rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    args = [str(raw), str(out), *tiny_teachers(tmp_path / "teachers"), "--workers", "1", "--no-progress"]
+    real_write = teacher_mod.atomic_write_bytes
+    written = []
+
+    def filling_disk(path, data):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, data)
+        written.append(path)
+
+    monkeypatch.setattr(teacher_mod, "atomic_write_bytes", filling_disk)
+    assert teacher.main(args) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written), "no partial file is left"
+    assert all(cv2.imread(str(p)).shape == (48, 64, 3) for p in written)
+    monkeypatch.setattr(teacher_mod, "atomic_write_bytes", real_write)
+    assert teacher.main(args) == 0
+    assert "done 2, skipped 2 (already finished)" in capsys.readouterr().out
+    assert len(list(out.glob("*.png"))) == 4
