@@ -89,7 +89,7 @@ def downscale_bicubic(img: np.ndarray, factor: int) -> np.ndarray:
     MATLAB's imresize: the kernel is widened by the factor, unlike OpenCV's INTER_CUBIC)."""
     h, w = img.shape[0] // factor, img.shape[1] // factor
     src = np.ascontiguousarray(img[: h * factor, : w * factor])
-    return np.asarray(Image.fromarray(src).resize((w, h), Image.Resampling.BICUBIC))
+    return np.array(Image.fromarray(src).resize((w, h), Image.Resampling.BICUBIC))  # a writable copy
 
 
 def downscale_area(img: np.ndarray, factor: int) -> np.ndarray:
