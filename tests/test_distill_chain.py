@@ -37,7 +37,7 @@ def tiny_teachers(folder):
 
 def test_capture_teacher_prepare_train_plot_and_the_app_runs_it(shared_data, tmp_path, capsys):
     raw, out, weights = tmp_path / "raw", tmp_path / "teacher", tmp_path / "weights"
-    log = tmp_path / "logs" / "student_sr_distilled.csv"
+    log = tmp_path / "logs" / "student_sr_distilled" / "log.csv"
     video = shared_data / "videos_real" / "test.webm"
 
     assert eyefuse(["capture", "--source", str(video), "--frames", "5", "--out", str(raw), "--fast"]) == 0
@@ -66,8 +66,8 @@ def test_capture_teacher_prepare_train_plot_and_the_app_runs_it(shared_data, tmp
                                "--weights-dir", str(weights)]) == 0
     assert "skipping unreadable pair" not in capsys.readouterr().err
     assert plot_metrics.main(["--log-path", str(log)]) == 0
-    assert (log.parent / "student_sr_distilled_loss_plot.png").stat().st_size > 5000
-    assert (log.parent / "student_sr_distilled_psnr_plot.png").stat().st_size > 5000
+    assert (log.parent / "loss_plot.png").stat().st_size > 5000
+    assert (log.parent / "psnr_plot.png").stat().st_size > 5000
 
     entry = load_manifest(weights)["student_sr_distilled"]
     assert entry.kind == "sr" and entry.training["targets"] == "teacher"

@@ -11,7 +11,7 @@ def test_writes_both_plots(tmp_path):
     log = tmp_path / "log.csv"
     log.write_text(HEADER + "1,0.05,0.06,25.1,24.8,0.001,10\n2,0.04,0.05,26.0,25.5,0.0009,10\n")
     assert main(["--log-path", str(log)]) == 0
-    for name in ("log_loss_plot.png", "log_psnr_plot.png"):
+    for name in ("loss_plot.png", "psnr_plot.png"):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
@@ -30,9 +30,18 @@ def test_refuses_bad_logs(tmp_path, capsys, content, message):
     assert not list(tmp_path.glob("*.png"))
 
 
-def test_plots_of_two_logs_in_one_folder_do_not_overwrite_each_other(tmp_path):
-    for name in ("a", "b"):
-        (tmp_path / f"{name}.csv").write_text(HEADER + "1,0.05,0.06,25.1,24.8,0.001,10\n")
-        assert main(["--log-path", str(tmp_path / f"{name}.csv")]) == 0
-    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
-        "a_loss_plot.png", "a_psnr_plot.png", "b_loss_plot.png", "b_psnr_plot.png"]
+def test_every_committed_log_has_its_plots_and_the_manifest_points_at_it():
+    """training_logs/<run>/ holds log.csv and its two plots; each manifest entry names its log."""
+    import json
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    logs = sorted((repo / "training_logs").glob("*/log.csv"))
+    assert logs, "no committed training logs"
+    for log in logs:
+        for name in ("loss_plot.png", "psnr_plot.png"):
+            assert (log.parent / name).stat().st_size > 5000, f"{log.parent.name} lacks {name}"
+    models = json.loads((repo / "weights" / "manifest.json").read_text())["models"]
+    for name, entry in models.items():
+        log = entry.get("training", {}).get("log")
+        assert log is None or (repo / log).is_file(), f"{name}: manifest log {log} does not exist"

@@ -1,8 +1,8 @@
 """`python -m trainers.plot_metrics --log-path LOG.csv`: loss and PSNR curves next to the log.
 
 Reads the per-epoch CSV the training loops write (epoch, train_l1, val_l1, train_psnr, val_psnr,
-lr, seconds) and writes LOG_loss_plot.png and LOG_psnr_plot.png in the log's folder (named after
-the log, so the logs of several runs can share training_logs/ without overwriting each other's plots).
+lr, seconds) and writes loss_plot.png and psnr_plot.png in the log's folder. Each run keeps its own
+folder (training_logs/<run>/log.csv and its two plots), so runs never overwrite each other's plots.
 """
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ def read_log(path: Path) -> dict[str, list[float]]:
 
 
 def plot_paths(log_path: Path) -> tuple[Path, Path]:
-    """Where the loss and PSNR plots of `log_path` go: <stem>_loss_plot.png, <stem>_psnr_plot.png beside it."""
-    return (log_path.parent / f"{log_path.stem}_loss_plot.png", log_path.parent / f"{log_path.stem}_psnr_plot.png")
+    """Where the loss and PSNR plots of `log_path` go: loss_plot.png and psnr_plot.png beside it."""
+    return log_path.parent / "loss_plot.png", log_path.parent / "psnr_plot.png"
 
 
 def plot(log_path: Path) -> tuple[Path, Path]:
@@ -65,7 +65,7 @@ def plot(log_path: Path) -> tuple[Path, Path]:
         ax.plot(cols["epoch"], cols[val], marker="o", ms=3, label="validation")
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{log_path.stem}: {ylabel}")
+        ax.set_title(f"{log_path.parent.name}/{log_path.name}: {ylabel}")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()

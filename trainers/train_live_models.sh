@@ -9,6 +9,6 @@ PY=${PYTHON:-.venv/bin/python}
 mkdir -p runs training_logs
 COMMON="--epochs 12 --steps-per-epoch 250 --batch 16 --patch 48 --threads 2"
 # (student last: its run overwrites the weights the app uses)
-$PY -m trainers.train_student --arch espcn --lr 1e-3 $COMMON --log-path training_logs/espcn.csv --checkpoint runs/espcn.ckpt --resume
-$PY -m trainers.train_student --arch fsrcnn --lr 1e-3 $COMMON --log-path training_logs/fsrcnn.csv --checkpoint runs/fsrcnn.ckpt --resume
-$PY -m trainers.train_student --arch student_sr $COMMON --log-path training_logs/student_sr.csv --checkpoint runs/student_sr.ckpt --resume
+$PY -m trainers.train_student --arch espcn --lr 1e-3 $COMMON --log-path training_logs/espcn/log.csv --checkpoint runs/espcn.ckpt --resume
+$PY -m trainers.train_student --arch fsrcnn --lr 1e-3 $COMMON --log-path training_logs/fsrcnn/log.csv --checkpoint runs/fsrcnn.ckpt --resume
+$PY -m trainers.train_student --arch student_sr $COMMON --log-path training_logs/student_sr/log.csv --checkpoint runs/student_sr.ckpt --resume

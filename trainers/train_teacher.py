@@ -8,7 +8,7 @@ linear light, Poisson-Gaussian noise in linear light over a range of levels.
 
 L1 loss, Adam with warm-up and cosine decay (a pure function of the step), gradient clipping.
 Every epoch: validation on BSDS500/val centre crops degraded with a fixed seed, one CSV row
-(--log-path, default training_logs/teacher_<task>.csv: epoch, train_l1, val_l1, train_psnr,
+(--log-path, default training_logs/teacher_<task>/log.csv: epoch, train_l1, val_l1, train_psnr,
 val_psnr, lr, seconds), and an atomic checkpoint (--checkpoint, default runs/teacher_<task>.ckpt)
 that `--resume` continues from. At the end the best-validation weights are written atomically in
 the published BasicSR layout, {'params': state_dict}, to weights/teachers/<name>.pth (the names
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-images", type=int, default=20)
     p.add_argument("--val-crop", type=int, default=192)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--log-path", type=Path, default=None, help="default: training_logs/teacher_<task>.csv")
+    p.add_argument("--log-path", type=Path, default=None, help="default: training_logs/teacher_<task>/log.csv")
     p.add_argument("--checkpoint", type=Path, default=None, help="default: runs/teacher_<task>.ckpt")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     p.add_argument("--weights-dir", type=Path, default=REPO / "weights",
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                              steps_per_epoch=args.steps_per_epoch, batch=args.batch, patch=args.patch, lr=args.lr,
                              grad_clip=args.grad_clip, seed=args.seed, val_images=args.val_images,
                              val_crop=args.val_crop, threads=args.threads)
-    log_path = (args.log_path or REPO / "training_logs" / f"teacher_{args.task}.csv").resolve()
+    log_path = (args.log_path or REPO / "training_logs" / f"teacher_{args.task}" / "log.csv").resolve()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint or REPO / "runs" / f"teacher_{args.task}.ckpt"
     try:
