@@ -10,8 +10,8 @@ from engine.burst.merge import (
     merge,
     merge_mean,
     raised_cosine,
-    tile_dft,
-    tile_idft,
+    tile_inverse,
+    tile_spectra,
 )
 from engine.burst.raw import grey
 from tests.burst_data import STATIC, MotionConfig, MovingObject, burst, noise_model
@@ -24,13 +24,13 @@ def rmse(a, b, mask=None):
 
 
 @pytest.mark.parametrize("t", [8, 16])
-def test_tile_dft_matches_numpy_and_inverts(t):
-    x = np.random.default_rng(0).random((7, t, t), dtype=np.float32)
-    re, im = tile_dft(x)
-    ref = np.fft.rfft2(x)  # [ky, kx]; ours is stored [kx, ky]
-    assert np.allclose(re, ref.real.transpose(0, 2, 1), atol=1e-4)
-    assert np.allclose(im, ref.imag.transpose(0, 2, 1), atol=1e-4)
-    assert np.allclose(tile_idft(re, im), x, atol=1e-5)
+def test_tile_spectra_match_numpy_keep_float32_and_invert(t):
+    x = np.random.default_rng(0).random((3, 7, t, t), dtype=np.float32)
+    spec = tile_spectra(x)
+    assert spec.dtype == np.complex64 and spec.shape == (3, 7, t, t // 2 + 1)
+    assert np.allclose(spec, np.fft.rfft2(x), atol=1e-4)
+    assert np.allclose(tile_spectra(x, windowed=True), np.fft.rfft2(x * raised_cosine(t)), atol=1e-4)
+    assert np.allclose(tile_inverse(spec, t), x, atol=1e-5)
 
 
 def test_raised_cosine_tiles_add_back_to_the_image():

@@ -14,8 +14,8 @@
     back to the reference, it does not ghost. conf_z is the alignment's tile confidence.
     optional spatial step: the merged spectrum shrunk once more against its reduced noise.
 
-The 2-D DFTs are real-arithmetic matrix products over batches of tiles (the half spectrum of a
-real tile, as rfft2 keeps it), processed strip by strip so the working set stays small.
+The tiles' 2-D DFTs are batched real FFTs (scipy.fft, float32, on every core), processed strip by
+strip so the working set stays small.
 
 `merge_robust` is the simple baseline: a per-pixel weighted average whose weights fall to zero
 where a frame differs from the reference by more than the noise allows (after a 3x3 box, so
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import scipy.fft
 
 from engine.burst.align import Alignment
 from engine.burst.raw import SATURATION, NoiseModel
@@ -106,64 +107,27 @@ def warp_rows(planes: np.ndarray, flow: np.ndarray, rows: slice, pad: int, inter
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
-# -- the DFT of tiles in real arithmetic -----------------------------------------------------------
+# -- the DFT of windowed tiles ------------------------------------------------------------------
 @functools.lru_cache(maxsize=4)
-def _dft_matrices(t: int) -> tuple[np.ndarray, ...]:
-    """Matrices for the half-spectrum 2-D DFT of (n, t, t) real tiles by matrix products, and the
-    raised-cosine window: (mx, my) plain, (mxw, myw) with the window folded in (the window is
-    separable, so windowing a tile is a diagonal scaling on each side), the inverse pair, and the
-    window. See `tile_dft` / `tile_idft`."""
-    k = t // 2 + 1
-    x = np.arange(t)
-    theta = 2 * np.pi * np.outer(x, np.arange(k)) / t  # (t, k): x, kx
-    mx = np.hstack([np.cos(theta), np.sin(theta)])  # (t, 2k)
-    phi = 2 * np.pi * np.outer(x, x) / t  # (t, t): y, ky
-    my = np.hstack([np.cos(phi), np.sin(phi)])  # (t, 2t)
-    cy, sy = np.cos(phi), np.sin(phi)  # [ky, y] (symmetric)
-    inv_y = np.block([[cy, sy], [-sy, cy]]).astype(np.float32)  # [R I] (2t) -> [Uc Us] (2t)
-    a = np.full(k, 2.0)
-    a[0] = 1.0
-    if t % 2 == 0:
-        a[-1] = 1.0
-    inv_x = (np.vstack([a[:, None] * np.cos(theta.T), -a[:, None] * np.sin(theta.T)]) / (t * t)).astype(np.float32)
-    win1 = 0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(t) + 0.5) / t)
-    window = np.outer(win1, win1).astype(np.float32)
-    f32 = np.float32
-    return (mx.astype(f32), my.astype(f32), inv_y, inv_x, window,
-            (win1[:, None] * mx).astype(f32), (win1[:, None] * my).astype(f32))
-
-
-def tile_dft(tiles: np.ndarray, windowed: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(..., t, t) float32 real tiles -> (re, im), each (n, t/2+1, t) float32 (n = all leading
-    elements): X[ky, kx] = sum x[y, x] exp(-2 pi i (ky y + kx x) / t) for kx = 0..t/2, stored
-    [kx, ky]. windowed=True applies the raised-cosine window first (folded into the matrices, so
-    a strided view of tiles is transformed without being copied)."""
-    t = tiles.shape[-1]
-    mx, my, _, _, _, mxw, myw = _dft_matrices(t)
-    if windowed:
-        mx, my = mxw, myw
-    k = t // 2 + 1
-    p = (tiles @ mx).reshape(-1, t, 2 * k)  # (n, y, [c_kx | s_kx])
-    q = p.transpose(0, 2, 1) @ my  # (n, [c_kx | s_kx], [cos_ky | sin_ky])
-    re = q[:, :k, :t] - q[:, k:, t:]
-    im = q[:, :k, t:] + q[:, k:, :t]
-    np.negative(im, out=im)
-    return re, im
-
-
-def tile_idft(re: np.ndarray, im: np.ndarray) -> np.ndarray:
-    """Inverse of `tile_dft`: (n, t/2+1, t) re and im -> (n, t, t) float32 real tiles."""
-    n, k, t = re.shape
-    _, _, inv_y, inv_x, *_ = _dft_matrices(t)
-    u = np.concatenate([re, im], axis=2) @ inv_y  # (n, kx, [Uc(y) | Us(y)])
-    u = u.reshape(n, k, 2, t).transpose(0, 3, 2, 1).reshape(n, t, 2 * k)  # (n, y, [Uc(kx) | Us(kx)])
-    return u @ inv_x
-
-
 def raised_cosine(t: int) -> np.ndarray:
     """(t, t) float32 separable window 0.5 - 0.5 cos(2 pi (x + 0.5) / t); shifted copies at a
     stride of t/2 in both directions add up to exactly 1."""
-    return _dft_matrices(t)[4]
+    w = 0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(t) + 0.5) / t)
+    return np.outer(w, w).astype(np.float32)
+
+
+def tile_spectra(tiles: np.ndarray, windowed: bool = False) -> np.ndarray:
+    """(..., t, t) float32 real tiles (a strided view is fine) -> (..., t, t/2+1) complex64 half
+    spectra, X[ky, kx] = sum x[y, x] exp(-2 pi i (ky y + kx x) / t), of the raised-cosine-windowed
+    tiles when windowed=True. pocketfft through scipy.fft keeps float32 (numpy's FFT would promote
+    to complex128) and splits the batch over every core."""
+    x = tiles * raised_cosine(tiles.shape[-1]) if windowed else tiles
+    return scipy.fft.rfft2(x, workers=-1)
+
+
+def tile_inverse(spectra: np.ndarray, t: int) -> np.ndarray:
+    """Inverse of `tile_spectra` (without the window): (..., t, t/2+1) complex -> (..., t, t) float32."""
+    return scipy.fft.irfft2(spectra, s=(t, t), workers=-1)
 
 
 # -- tiles --------------------------------------------------------------------------------------------
@@ -238,36 +202,28 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
             np.subtract(ref_strip, alt, out=diff[k])
             # A clipped sample says nothing about the scene: let the reference speak there.
             diff[k][(alt >= SATURATION) & (ref_strip < SATURATION)] = 0.0
-        re, im = tile_dft(_tile_view(diff, t), windowed=True)  # tiles (F, 4, nr, nx, t, t)
+        spec = tile_spectra(_tile_view(diff, t), windowed=True)  # (F, 4, nr, nx, t, t/2+1)
         # (1 - A_z) = c / (|D_z|^2 + c), times the alignment confidence: c * conf / (|D|^2 + c)
-        c = (cfg.strength * sum_w2 * var_d[:, r0:r1])[None]  # (1, 4, nr, nx)
-        cc = c * conf[:, None, r0:r1]  # (F, 4, nr, nx)
-        p = re * re
-        p += im * im
-        p += np.broadcast_to(c, cc.shape).reshape(-1, 1, 1)
-        np.divide(cc.reshape(-1, 1, 1), p, out=p)
-        re *= p
-        im *= p
-        acc_re = re.reshape(f, -1, *re.shape[1:]).sum(axis=0)
-        acc_im = im.reshape(f, -1, *im.shape[1:]).sum(axis=0)
-        acc_re /= n
-        acc_im /= n
+        c = (cfg.strength * sum_w2 * var_d[:, r0:r1])[None, ..., None, None]  # (1, 4, nr, nx, 1, 1)
+        cc = c * conf[:, None, r0:r1, :, None, None]  # (F, 4, nr, nx, 1, 1)
+        gain = np.abs(spec)
+        np.square(gain, out=gain)
+        gain += c
+        np.divide(cc, gain, out=gain)
+        spec *= gain
+        acc = spec.sum(axis=0)
+        acc /= n
         if spatial:
-            m_re, m_im = tile_dft(_tile_view(ref_strip, t), windowed=True)
-            m_re -= acc_re
-            m_im -= acc_im
+            m = tile_spectra(_tile_view(ref_strip, t), windowed=True)
+            m -= acc
             # Spatial Wiener on the merged spectrum, against its noise (about var / N).
-            c2 = (cfg.spatial * sum_w2 * var_d[:, r0:r1] / (2.0 * n)).reshape(-1, 1, 1)
-            pw = m_re * m_re
-            pw += m_im * m_im
-            g = pw / (pw + c2)
-            m_re *= g
-            m_im *= g
-            out_tiles = tile_idft(m_re, m_im).reshape(4, nr, nx, t, t)
-            correction[:, pix] += _overlap_add(out_tiles, t)  # the merged image itself in this mode
+            c2 = (cfg.spatial * sum_w2 * var_d[:, r0:r1] / (2.0 * n))[..., None, None]
+            pw = np.abs(m)
+            np.square(pw, out=pw)
+            m *= pw / (pw + c2)
+            correction[:, pix] += _overlap_add(tile_inverse(m, t), t)  # the merged image itself in this mode
         else:
-            corr_tiles = tile_idft(acc_re, acc_im).reshape(4, nr, nx, t, t)
-            correction[:, pix] += _overlap_add(corr_tiles, t)
+            correction[:, pix] += _overlap_add(tile_inverse(acc, t), t)
     merged = correction if spatial else r_pad - correction
     return np.ascontiguousarray(merged[:, s : s + h, s : s + w])
 
