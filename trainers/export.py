@@ -44,7 +44,13 @@ def student_graph(net: StudentSR) -> onnx.ModelProto:
     pixel_(un)shuffle export to, cost 30 ms a frame here; SpaceToDepth/DepthToSpace a few):
 
         (1, H, W, 3) u8 -> NCHW -> float -> SpaceToDepth(u) -> head -> ReLU -> res blocks -> tail
-        -> QuantizeLinear (+128, rounded, saturated) -> DepthToSpace(us) -> (1, sH, sW, 3) u8
+        -> QuantizeLinear (+128, rounded, saturated) -> block layout -> (1, sH, sW, 3) u8
+
+    A 1x1 tail runs as a Gemm on the features turned NHWC (C channels: a small transpose), so its
+    (us)^2 x 3 outputs per position come out already in NHWC order within each output block, and
+    one uint8 transpose (h, w, us, 3us) -> (h, us, w, 3us) lays the blocks out: 2-3 ms a frame
+    less than the Conv -> NCHWc reorder -> DepthToSpace -> Transpose chain it replaced
+    (benchmarks/results/engine.md). A wider tail kernel keeps that chain.
 
     The engine adds it to OpenCV's bilinear 2x of the input, minus 128 (manifest: residual_over
     "bilinear"). The 0..255 scaling is folded into the head and tail weights (ReLU is positively
@@ -89,12 +95,35 @@ def student_graph(net: StudentSR) -> onnx.ModelProto:
             N("Add", [feat, f"{p}.c2"], [f"{p}.out"]),
         ]
         feat = f"{p}.out"
-    nodes += [
-        N("Conv", [feat, "tail.w", "tail.b"], ["t"], kernel_shape=[k, k], pads=[k // 2] * 4),
-        N("QuantizeLinear", ["t", "one", "offset"], ["y8"]),  # +128, round, saturate: one pass
-        N("DepthToSpace", ["y8"], ["d2s"], blocksize=us, mode="DCR"),
-        N("Transpose", ["d2s"], ["output"], perm=[0, 2, 3, 1]),
-    ]
+    if k == 1:
+        i64 = lambda values, name: numpy_helper.from_array(np.array(values, np.int64), name)  # noqa: E731
+        inits = [i for i in inits if i.name not in ("tail.w", "tail.b")] + [
+            numpy_helper.from_array(np.ascontiguousarray(sd["tail.weight"][dcr_out, :, 0, 0].T) * 255.0, "tail.w"),
+            numpy_helper.from_array(sd["tail.bias"][dcr_out] * 255.0, "tail.b"),
+            i64([-1, cfg.channels], "flat"), i64([1], "one_i"), i64([3], "three_i"),
+            i64([us, 3 * us], "block"), i64([1, s, s, 1], "scale4"),
+        ]
+        nodes += [
+            N("Transpose", [feat], ["fh"], perm=[0, 2, 3, 1]),  # (1, h, w, C)
+            N("Reshape", ["fh", "flat"], ["f2"]),  # (h w, C)
+            N("Gemm", ["f2", "tail.w", "tail.b"], ["t"]),  # (h w, us us 3), (dy, dx, c) order
+            N("QuantizeLinear", ["t", "one", "offset"], ["y8"]),  # +128, round, saturate: one pass
+            N("Shape", ["fh"], ["fshape"]),
+            N("Slice", ["fshape", "one_i", "three_i"], ["hw"]),
+            N("Concat", ["hw", "block"], ["blocks_shape"], axis=0),
+            N("Reshape", ["y8", "blocks_shape"], ["blocks"]),  # (h, w, us, 3 us)
+            N("Transpose", ["blocks"], ["rows"], perm=[0, 2, 1, 3]),  # (h, us, w, 3 us)
+            N("Shape", ["input"], ["in_shape"]),
+            N("Mul", ["in_shape", "scale4"], ["out_shape"]),
+            N("Reshape", ["rows", "out_shape"], ["output"]),  # (1, sH, sW, 3)
+        ]
+    else:
+        nodes += [
+            N("Conv", [feat, "tail.w", "tail.b"], ["t"], kernel_shape=[k, k], pads=[k // 2] * 4),
+            N("QuantizeLinear", ["t", "one", "offset"], ["y8"]),  # +128, round, saturate: one pass
+            N("DepthToSpace", ["y8"], ["d2s"], blocksize=us, mode="DCR"),
+            N("Transpose", ["d2s"], ["output"], perm=[0, 2, 3, 1]),
+        ]
     graph = helper.make_graph(
         nodes, "student_sr",
         [helper.make_tensor_value_info("input", TensorProto.UINT8, [1, "H", "W", 3])],
