@@ -50,13 +50,23 @@ def test_bench_teacher_writes_every_table(tmp_path):
     out = tmp_path / "results"
     assert eyefuse(["bench", "teacher", "--out-dir", str(out), "--data", str(data), "--weights", str(weights),
                     "--archs", json.dumps(TINY), "--levels", "mid", "--kodak-images", "2", "--frame-size", "64x48",
-                    "--runs", "1"]) == 0
+                    "--runs", "1", "--ablation-images", "1"]) == 0
     md = (out / "teacher.md").read_text()
     for text in ("SR 4x", "deblur", "denoise Kodak24 mid noise", "denoise CC15 real pairs", "whole chain",
-                 "student_sr_distilled", "teacher chain", "bicubic"):
+                 "student_sr_distilled", "teacher chain", "bicubic", "sr -> deblur -> denoise", "Teacher stages"):
         assert text in md, text
     doc = json.loads((out / "teacher.json").read_text())
     assert set(doc["task_quality"]) == {"sr", "deblur", "denoise_mid", "denoise_cc15"}
     assert doc["distillation"]["vs_teacher"]["student_sr_distilled"]["pairs"] == 1
     assert np.isfinite(doc["distillation"]["vs_teacher"]["student_sr_distilled"]["psnr"])
     assert doc["speed_seconds"]["chain"] > 0 and doc["ms_per_frame"]["teacher chain"] > 0
+    assert set(doc["stage_ablation"]) == {"sr,deblur,denoise", "sr,denoise", "deblur,denoise", "denoise", "bicubic"}
+    assert all(np.isfinite(r["psnr"]) for r in doc["stage_ablation"].values())
+    assert doc["chain_stages"] == "denoise"
+
+
+def test_bench_teacher_refuses_an_unknown_stage(tmp_path):
+    with pytest.raises(SystemExit, match="unknown teacher stage"):
+        from app.bench.teacher import chain_config
+
+        chain_config(tmp_path, {}, "denoise,sharpen")

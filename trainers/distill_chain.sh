@@ -2,7 +2,10 @@
 # Issue 4's chain at full size on the real webcam clip: capture every frame -> teacher (with the
 # temporal stage: 2 neighbours on each side) -> prepare (90/10 split) -> distil StudentSR on the
 # teacher's images -> plots -> the app enhances the held-out frames with the new weights.
-# About 40 min for the teacher and 5 min for the student on 2 idle cores; run it with
+# The teacher's stages: TEACHER_STAGES (default "--no-sr --no-deblur": bicubic 2x -> denoise ->
+# unsharp, the configuration `eyefuse bench teacher` measures best on webcam frames; "" runs the
+# seed's whole SR -> deblur -> denoise -> sharpen chain, about 25 s a frame).
+# About 10 min for the teacher and 5 min for the student on 2 idle cores; run it with
 #   nohup trainers/distill_chain.sh > runs/distill_chain.log 2>&1 &
 # Every step resumes: re-run the script after an interruption. Work files go to runs/distill/.
 set -euo pipefail
@@ -11,13 +14,15 @@ PY=${PYTHON:-.venv/bin/python}
 EF=${EYEFUSE:-.venv/bin/eyefuse}
 CLIP=${CLIP:-../shared/data/videos_real/test.webm}
 D=${DISTILL_DIR:-runs/distill}
+TEACHER_STAGES=${TEACHER_STAGES---no-sr --no-deblur}
 mkdir -p "$D" training_logs/student_sr_distilled
 stamp() { echo "=== $1 $(date -u +%T)"; }
 stamp capture
 [ -f "$D/raw/frames.json" ] || [ -f "$D/raw_VALIDATION/frames.json" ] || \
     $EF capture --source "$CLIP" --frames 94 --out "$D/raw" --fast
 stamp teacher
-$PY -m trainers.teacher "$D/raw" "$D/teacher" --workers 2 --temporal 2 --no-progress
+# shellcheck disable=SC2086
+$PY -m trainers.teacher "$D/raw" "$D/teacher" $TEACHER_STAGES --workers 2 --temporal 2 --no-progress
 stamp prepare
 $PY -m trainers.prepare_dataset "$D/raw" "$D/teacher"
 stamp distil

@@ -8,6 +8,9 @@ manifest figures use), side by side:
             webcam protocol's noise levels, and on the CC15 real noisy/clean pairs
 Speed: seconds per 640x480 frame for each teacher stage and for the whole chain (trainers.teacher:
 SR 4x -> downscale to 2x -> deblur -> denoise -> unsharp), torch on every core.
+Stages on webcam frames: the chain with each combination of its stages switched on, on Kodak24 under
+the webcam protocol (mid noise) against the clean 2x image, with its time per image: which
+configuration makes the best teacher for real camera frames (the distillation uses it).
 Distillation: the StudentSR trained on the teacher's outputs (student_sr_distilled, made by the chain
 capture -> teacher -> prepare_dataset -> train_student --targets teacher): its PSNR against the
 teacher's output on the held-out validation pairs, and on Kodak24 under the webcam protocol (mid
@@ -56,6 +59,46 @@ class TeacherChainProcessor(Processor):
         with timer.stage("teacher"):
             out = self.teacher.enhance(bgr)
         return bgr, out
+
+
+STAGES = ("sr", "deblur", "denoise")
+# Stage combinations compared on webcam frames: the seed's whole chain first, then with stages off.
+ABLATION = ("sr,deblur,denoise", "sr,denoise", "deblur,denoise", "denoise")
+
+
+def chain_config(weights: Path, archs: dict, stages: str, workers: int = 1):
+    """TeacherConfig with the named stages on (comma list of sr, deblur, denoise) and the rest off."""
+    from trainers.teacher import TeacherConfig
+    from trainers.teacher_tasks import TASKS
+
+    on = [st for st in stages.split(",") if st]
+    unknown = sorted(set(on) - set(STAGES))
+    if unknown:
+        raise SystemExit(f"unknown teacher stage(s) {unknown}: choose from {', '.join(STAGES)}")
+    return TeacherConfig(**{f"{t}_checkpoint": weights / "teachers" / TASKS[t].checkpoint if t in on else None
+                            for t in STAGES}, archs=archs, workers=workers)
+
+
+def stage_ablation(weights: Path, archs: dict, data: Path, n_images: int, printer=print) -> dict:
+    """{stages: {psnr, ssim, seconds per image}} of the chain on the first n Kodak24 images under the
+    webcam protocol at mid noise (2x, against the clean image)."""
+    from app.bench.engine import frame_of, kodak_set
+
+    images = kodak_set(data, "mid")[:n_images]
+    res = {}
+    for stages in ABLATION:
+        proc = TeacherChainProcessor(chain_config(weights, archs, stages))
+        t0 = time.perf_counter()
+        outs = [proc.process([frame_of(lr)]).output for _, lr, _ in images]
+        seconds = (time.perf_counter() - t0) / len(images)
+        res[stages] = {"psnr": float(np.mean([rgb_psnr(o, hr) for o, (_, _, hr) in zip(outs, images)])),
+                       "ssim": float(np.mean([ssim(o[..., ::-1], hr[..., ::-1], BORDER) for o, (_, _, hr) in zip(outs, images)])),
+                       "seconds_per_image": seconds}
+        printer(f"stages {stages:18} PSNR {res[stages]['psnr']:.2f} ({seconds:.1f} s per image)", flush=True)
+    res["bicubic"] = {"psnr": float(np.mean([rgb_psnr(cv2.resize(lr, (2 * lr.shape[1], 2 * lr.shape[0]),
+                                                                   interpolation=cv2.INTER_CUBIC), hr)
+                                             for _, lr, hr in images])), "ssim": None, "seconds_per_image": None}
+    return res
 
 
 def rgb_psnr(out: np.ndarray, ref: np.ndarray) -> float:
@@ -154,6 +197,17 @@ def chain_speed(cfg, nets: dict, frame: np.ndarray, runs: int) -> dict:
     return out
 
 
+def chain_seconds(cfg, frame: np.ndarray) -> float:
+    """Seconds of the teacher chain with this config on one frame (after a warm-up run)."""
+    from trainers.teacher import Teacher
+
+    teacher = Teacher(cfg)
+    teacher.enhance(frame)
+    t0 = time.perf_counter()
+    teacher.enhance(frame)
+    return time.perf_counter() - t0
+
+
 def webcam_quality(procs: dict[str, Processor], data: Path, n_images: int, printer=print) -> dict:
     from app.bench.engine import kodak_set, quality
 
@@ -201,13 +255,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frame-size", default="640x480", help="frame size for the speed figures")
     p.add_argument("--runs", type=int, default=2, help="timed runs of the teacher per figure (after a warm-up)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, every core)")
+    p.add_argument("--stages", default="denoise", help="the teacher chain beside the students: comma list of "
+                   "sr, deblur, denoise (default: denoise, the configuration the distillation uses; see the "
+                   "stage comparison)")
+    p.add_argument("--ablation-images", type=int, default=8, help="Kodak24 images for the stage comparison "
+                   "(0: skip it)")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from trainers.teacher import ARCHS, TeacherConfig
-    from trainers.teacher_tasks import TASKS
+    from trainers.teacher import ARCHS
 
     data = Path(args.data)
     weights = Path(args.weights) if args.weights else WEIGHTS_DIR
@@ -225,8 +283,7 @@ def run(args: argparse.Namespace) -> int:
 
     lr0 = kodak_set(data, "mid")[0][1]
     frame = cv2.resize(lr0, (fw, fh), interpolation=cv2.INTER_CUBIC) if lr0.shape[:2] != (fh, fw) else lr0
-    cfg = TeacherConfig(**{f"{t}_checkpoint": weights / "teachers" / TASKS[t].checkpoint for t in TASKS},
-                        archs=archs, workers=1)
+    cfg = chain_config(weights, archs, ",".join(STAGES))
     speed = chain_speed(cfg, nets, frame, args.runs)
     print(f"teacher speed per {args.frame_size} frame: {speed}", flush=True)
 
@@ -234,10 +291,12 @@ def run(args: argparse.Namespace) -> int:
     for name in STUDENTS:
         if name in manifest:
             procs[name] = make_processor(name, weights)
-    chain = TeacherChainProcessor(cfg)
+    ablation = stage_ablation(weights, archs, data, args.ablation_images) if args.ablation_images > 0 else None
+    chain_cfg = chain_config(weights, archs, args.stages)
+    chain = TeacherChainProcessor(chain_cfg)
     webcam = webcam_quality({**procs, "teacher chain": chain}, data, args.kodak_images)
     ms = {name: frame_ms(proc, frame, 50) for name, proc in procs.items()}
-    ms["teacher chain"] = speed["chain"] * 1000
+    ms["teacher chain"] = (speed["chain"] if args.stages == ",".join(STAGES) else chain_seconds(chain_cfg, frame)) * 1000
 
     distill = None
     if DISTILLED in manifest:
@@ -274,6 +333,15 @@ def run(args: argparse.Namespace) -> int:
         [["NAFSSR 4x", speed["size"], f"{speed['sr']:.2f}"], ["NAFNet deblur", speed["output"], f"{speed['deblur']:.2f}"],
          ["NAFNet denoise", speed["output"], f"{speed['denoise']:.2f}"],
          ["whole chain (with resizes and unsharp)", speed["size"], f"{speed['chain']:.2f}"]])))
+    if ablation:
+        rows = [[stages.replace(",", " -> "), f"{r['psnr']:.2f}", f"{r['ssim']:.4f}" if r["ssim"] is not None else "-",
+                 f"{r['seconds_per_image']:.1f}" if r["seconds_per_image"] is not None else "-"]
+                for stages, r in ablation.items()]
+        sections.append((f"Teacher stages on webcam frames (Kodak24, webcam protocol mid noise, first {args.ablation_images} images)",
+                         markdown_table(["stages (then unsharp)", "PSNR vs clean 2x", "SSIM", "seconds per image"], rows)
+                         + "\n\nWith the SR stage off, the frame is upscaled 2x by bicubic interpolation before the "
+                           "deblur/denoise stages. The teacher networks were trained on one degradation each; the "
+                           "webcam protocol combines blur, downscaling, noise and chroma subsampling."))
     rows = [[name, f"{webcam[name]['psnr']:.2f}", f"{webcam[name]['ssim']:.4f}", f"{ms[name]:.1f}",
              f"{1000 / ms[name]:.2f}" if ms[name] > 0 else "-",
              f"{distill['vs_teacher'][name]['psnr']:.2f}" if distill and name in distill.get("vs_teacher", {})
@@ -291,9 +359,10 @@ def run(args: argparse.Namespace) -> int:
         body += (f"\n\nNo {DISTILLED} in {weights / 'manifest.json'} yet: run the distillation chain (eyefuse capture "
                  f"-> python -m trainers.teacher RAW TEACHER -> python -m trainers.prepare_dataset RAW TEACHER -> "
                  f"python -m trainers.train_student --targets teacher --data RAW --teacher-dir TEACHER --name {DISTILLED}).")
-    sections.append(("Distillation: students beside the teacher chain (webcam protocol, 2x)", body))
+    sections.append((f"Distillation: students beside the teacher chain ({args.stages.replace(',', ' -> ')} -> unsharp; "
+                     f"webcam protocol, 2x)", body))
     out = {"task_quality": tq, "speed_seconds": speed, "webcam_mid": webcam, "ms_per_frame": ms, "distillation": distill,
-           "archs": archs}
+           "archs": archs, "stage_ablation": ablation, "chain_stages": args.stages}
     path = write_results("teacher", "Teacher benchmark", sections, out, out_dir=args.out_dir)
     print(path.read_text())
     return 0
