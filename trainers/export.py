@@ -68,11 +68,11 @@ def student_graph(net: StudentSR) -> onnx.ModelProto:
     inits = [
         numpy_helper.from_array(sd["head.weight"][:, dcr_in] / 255.0, "head.w"),
         numpy_helper.from_array(sd["head.bias"], "head.b"),
-        numpy_helper.from_array(sd["tail.weight"][dcr_out] * 255.0, "tail.w"),
-        numpy_helper.from_array(sd["tail.bias"][dcr_out] * 255.0, "tail.b"),
         numpy_helper.from_array(np.array(1.0, np.float32), "one"),
         numpy_helper.from_array(np.array(RESIDUAL_OFFSET, np.uint8), "offset"),
     ]
+    tail_w = sd["tail.weight"][dcr_out] * 255.0  # (3 (us)^2, C, k, k), DCR output order
+    tail_b = numpy_helper.from_array(sd["tail.bias"][dcr_out] * 255.0, "tail.b")
     N = helper.make_node
     k = cfg.tail_kernel
     nodes = [
@@ -97,9 +97,8 @@ def student_graph(net: StudentSR) -> onnx.ModelProto:
         feat = f"{p}.out"
     if k == 1:
         i64 = lambda values, name: numpy_helper.from_array(np.array(values, np.int64), name)  # noqa: E731
-        inits = [i for i in inits if i.name not in ("tail.w", "tail.b")] + [
-            numpy_helper.from_array(np.ascontiguousarray(sd["tail.weight"][dcr_out, :, 0, 0].T) * 255.0, "tail.w"),
-            numpy_helper.from_array(sd["tail.bias"][dcr_out] * 255.0, "tail.b"),
+        inits += [
+            numpy_helper.from_array(np.ascontiguousarray(tail_w[:, :, 0, 0].T), "tail.w"), tail_b,  # (C, 3 (us)^2)
             i64([-1, cfg.channels], "flat"), i64([1], "one_i"), i64([3], "three_i"),
             i64([us, 3 * us], "block"), i64([1, s, s, 1], "scale4"),
         ]
@@ -118,6 +117,7 @@ def student_graph(net: StudentSR) -> onnx.ModelProto:
             N("Reshape", ["rows", "out_shape"], ["output"]),  # (1, sH, sW, 3)
         ]
     else:
+        inits += [numpy_helper.from_array(tail_w, "tail.w"), tail_b]
         nodes += [
             N("Conv", [feat, "tail.w", "tail.b"], ["t"], kernel_shape=[k, k], pads=[k // 2] * 4),
             N("QuantizeLinear", ["t", "one", "offset"], ["y8"]),  # +128, round, saturate: one pass
