@@ -32,7 +32,7 @@ from app.bench.report import markdown_table, write_results
 from capture.convert import to_bgr8
 from capture.frame import Frame
 from engine.manifest import WEIGHTS_DIR, load_manifest
-from engine.metrics import psnr, ssim
+from engine.metrics import psnr
 from engine.processor import BicubicProcessor, Processor, StageTimer, make_processor
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -81,23 +81,19 @@ def chain_config(weights: Path, archs: dict, stages: str, workers: int = 1):
 
 def stage_ablation(weights: Path, archs: dict, data: Path, n_images: int, printer=print) -> dict:
     """{stages: {psnr, ssim, seconds per image}} of the chain on the first n Kodak24 images under the
-    webcam protocol at mid noise (2x, against the clean image)."""
-    from app.bench.engine import frame_of, kodak_set
+    webcam protocol at mid noise (2x, against the clean image), and bicubic beside them."""
+    from app.bench.engine import kodak_set, quality
 
     images = kodak_set(data, "mid")[:n_images]
     res = {}
     for stages in ABLATION:
         proc = TeacherChainProcessor(chain_config(weights, archs, stages))
         t0 = time.perf_counter()
-        outs = [proc.process([frame_of(lr)]).output for _, lr, _ in images]
+        p, s = quality(proc, images)
         seconds = (time.perf_counter() - t0) / len(images)
-        res[stages] = {"psnr": float(np.mean([rgb_psnr(o, hr) for o, (_, _, hr) in zip(outs, images)])),
-                       "ssim": float(np.mean([ssim(o[..., ::-1], hr[..., ::-1], BORDER) for o, (_, _, hr) in zip(outs, images)])),
-                       "seconds_per_image": seconds}
-        printer(f"stages {stages:18} PSNR {res[stages]['psnr']:.2f} ({seconds:.1f} s per image)", flush=True)
-    res["bicubic"] = {"psnr": float(np.mean([rgb_psnr(cv2.resize(lr, (2 * lr.shape[1], 2 * lr.shape[0]),
-                                                                   interpolation=cv2.INTER_CUBIC), hr)
-                                             for _, lr, hr in images])), "ssim": None, "seconds_per_image": None}
+        res[stages] = {"psnr": p, "ssim": s, "seconds_per_image": seconds}
+        printer(f"stages {stages:18} PSNR {p:.2f} ({seconds:.1f} s per image)", flush=True)
+    res["bicubic"] = {"psnr": quality(BicubicProcessor(2), images)[0], "ssim": None, "seconds_per_image": None}
     return res
 
 
@@ -169,6 +165,17 @@ def task_quality(nets: dict, data: Path, levels: list[str], printer=print) -> di
     return res
 
 
+def timed(fn, runs: int) -> float:
+    """Median seconds of `runs` calls of fn, after one warm-up call."""
+    fn()
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
 def chain_speed(cfg, nets: dict, frame: np.ndarray, runs: int) -> dict:
     """Seconds per frame of each stage on its real input size, and of the whole chain (median of runs)."""
     import torch
@@ -176,36 +183,16 @@ def chain_speed(cfg, nets: dict, frame: np.ndarray, runs: int) -> dict:
     from trainers.teacher import Teacher, target_size
     from trainers.train_teacher import restore
 
-    def timed(fn) -> float:
-        fn()  # warm-up
-        ts = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return float(np.median(ts))
-
     h, w = frame.shape[:2]
     tw, th = target_size(w, h, cfg.target)
     mid = cv2.resize(frame, (tw, th), interpolation=cv2.INTER_CUBIC)
     out = {"threads": torch.get_num_threads(), "size": f"{w}x{h}", "output": f"{tw}x{th}",
-           "sr": timed(lambda: restore(nets["sr"], "sr", frame, cfg.tile, cfg.overlap)),
-           "deblur": timed(lambda: restore(nets["deblur"], "deblur", mid, cfg.tile, cfg.overlap)),
-           "denoise": timed(lambda: restore(nets["denoise"], "denoise", mid, cfg.tile, cfg.overlap))}
+           "sr": timed(lambda: restore(nets["sr"], "sr", frame, cfg.tile, cfg.overlap), runs),
+           "deblur": timed(lambda: restore(nets["deblur"], "deblur", mid, cfg.tile, cfg.overlap), runs),
+           "denoise": timed(lambda: restore(nets["denoise"], "denoise", mid, cfg.tile, cfg.overlap), runs)}
     teacher = Teacher(cfg)
-    out["chain"] = timed(lambda: teacher.enhance(frame))
+    out["chain"] = timed(lambda: teacher.enhance(frame), runs)
     return out
-
-
-def chain_seconds(cfg, frame: np.ndarray) -> float:
-    """Seconds of the teacher chain with this config on one frame (after a warm-up run)."""
-    from trainers.teacher import Teacher
-
-    teacher = Teacher(cfg)
-    teacher.enhance(frame)
-    t0 = time.perf_counter()
-    teacher.enhance(frame)
-    return time.perf_counter() - t0
 
 
 def webcam_quality(procs: dict[str, Processor], data: Path, n_images: int, printer=print) -> dict:
@@ -292,11 +279,11 @@ def run(args: argparse.Namespace) -> int:
         if name in manifest:
             procs[name] = make_processor(name, weights)
     ablation = stage_ablation(weights, archs, data, args.ablation_images) if args.ablation_images > 0 else None
-    chain_cfg = chain_config(weights, archs, args.stages)
-    chain = TeacherChainProcessor(chain_cfg)
+    chain = TeacherChainProcessor(chain_config(weights, archs, args.stages))
     webcam = webcam_quality({**procs, "teacher chain": chain}, data, args.kodak_images)
     ms = {name: frame_ms(proc, frame, 50) for name, proc in procs.items()}
-    ms["teacher chain"] = (speed["chain"] if args.stages == ",".join(STAGES) else chain_seconds(chain_cfg, frame)) * 1000
+    ms["teacher chain"] = 1000 * (speed["chain"] if args.stages == ",".join(STAGES)
+                                  else timed(lambda: chain.teacher.enhance(frame), args.runs))
 
     distill = None
     if DISTILLED in manifest:
@@ -356,9 +343,7 @@ def run(args: argparse.Namespace) -> int:
                  f"video ({next(iter(distill['vs_teacher'].values()))['pairs'] if distill and distill['vs_teacher'] else 0} "
                  f"frames never trained on).")
     else:
-        body += (f"\n\nNo {DISTILLED} in {weights / 'manifest.json'} yet: run the distillation chain (eyefuse capture "
-                 f"-> python -m trainers.teacher RAW TEACHER -> python -m trainers.prepare_dataset RAW TEACHER -> "
-                 f"python -m trainers.train_student --targets teacher --data RAW --teacher-dir TEACHER --name {DISTILLED}).")
+        body += f"\n\nNo {DISTILLED} in {weights / 'manifest.json'} yet: run the distillation chain, trainers/distill_chain.sh."
     sections.append((f"Distillation: students beside the teacher chain ({args.stages.replace(',', ' -> ')} -> unsharp; "
                      f"webcam protocol, 2x)", body))
     out = {"task_quality": tq, "speed_seconds": speed, "webcam_mid": webcam, "ms_per_frame": ms, "distillation": distill,
