@@ -113,7 +113,9 @@ def raised_cosine(t: int) -> np.ndarray:
     """(t, t) float32 separable window 0.5 - 0.5 cos(2 pi (x + 0.5) / t); shifted copies at a
     stride of t/2 in both directions add up to exactly 1."""
     w = 0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(t) + 0.5) / t)
-    return np.outer(w, w).astype(np.float32)
+    window = np.outer(w, w).astype(np.float32)
+    window.setflags(write=False)  # cached and shared by every caller
+    return window
 
 
 def tile_spectra(tiles: np.ndarray, windowed: bool = False) -> np.ndarray:
@@ -193,7 +195,6 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
     rows_per = max(1, cfg.strip_rows)
     for r0 in range(0, ny, rows_per):
         r1 = min(ny, r0 + rows_per)
-        nr = r1 - r0
         pix = slice(r0 * s, (r1 + 1) * s)  # padded rows these tile rows cover
         ref_strip = r_pad[:, pix]
         diff = np.empty((f, 4) + ref_strip.shape[1:], np.float32)
