@@ -38,13 +38,31 @@ class EngineIO(nn.Module):
         return y.permute(0, 2, 3, 1).to(torch.uint8)
 
 
+def strided_head(w: np.ndarray, u: int) -> np.ndarray:
+    """(C, u*u*3, 3, 3) weights of a 3x3 convolution on SpaceToDepth(u) input (DCR channels: dy,
+    dx, c) -> (C, 3, 3u, 3u) weights of the same convolution on the full-size input, stride u,
+    padding u: tap (ky, kx) of unshuffled channel (dy, dx, c) reads pixel (u ky + dy, u kx + dx)."""
+    n_out = w.shape[0]
+    full = np.zeros((n_out, 3, 3 * u, 3 * u), np.float32)
+    for dy in range(u):
+        for dx in range(u):
+            for c in range(3):
+                full[:, c, dy::u, dx::u] = w[:, (dy * u + dx) * 3 + c]
+    return full
+
+
 def student_graph(net: StudentSR) -> onnx.ModelProto:
     """StudentSR's correction to the bilinear 2x, as an ONNX graph on uint8 NHWC, written op by op
     so the layout work is what this CPU does fastest (measured: ORT's 6-D transposes, which torch's
     pixel_(un)shuffle export to, cost 30 ms a frame here; SpaceToDepth/DepthToSpace a few):
 
-        (1, H, W, 3) u8 -> NCHW -> float -> SpaceToDepth(u) -> head -> ReLU -> res blocks -> tail
+        (1, H, W, 3) u8 -> float -> NCHW -> head -> ReLU -> res blocks -> tail
         -> QuantizeLinear (+128, rounded, saturated) -> block layout -> (1, sH, sW, 3) u8
+
+    The head, a 3x3 convolution on the pixel-unshuffled input, runs as the equivalent 3u x 3u
+    convolution with stride u on the input itself (`strided_head`): the same MACs without the
+    SpaceToDepth pass, and with the cast before the transpose (measured faster in that order):
+    1.5-2 ms a frame less here, output within one level of the SpaceToDepth graph.
 
     A 1x1 tail runs as a Gemm on the features turned NHWC (C channels: a small transpose), so its
     (us)^2 x 3 outputs per position come out already in NHWC order within each output block, and
@@ -66,7 +84,7 @@ def student_graph(net: StudentSR) -> onnx.ModelProto:
     dcr_out = [c * us * us + dy * us + dx for dy in range(us) for dx in range(us) for c in range(3)]
 
     inits = [
-        numpy_helper.from_array(sd["head.weight"][:, dcr_in] / 255.0, "head.w"),
+        numpy_helper.from_array(strided_head(sd["head.weight"][:, dcr_in] / 255.0, u), "head.w"),
         numpy_helper.from_array(sd["head.bias"], "head.b"),
         numpy_helper.from_array(np.array(1.0, np.float32), "one"),
         numpy_helper.from_array(np.array(RESIDUAL_OFFSET, np.uint8), "offset"),
@@ -76,10 +94,9 @@ def student_graph(net: StudentSR) -> onnx.ModelProto:
     N = helper.make_node
     k = cfg.tail_kernel
     nodes = [
-        N("Transpose", ["input"], ["nchw"], perm=[0, 3, 1, 2]),
-        N("Cast", ["nchw"], ["x"], to=TensorProto.FLOAT),
-        N("SpaceToDepth", ["x"], ["s2d"], blocksize=u),
-        N("Conv", ["s2d", "head.w", "head.b"], ["h0"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        N("Cast", ["input"], ["xf"], to=TensorProto.FLOAT),
+        N("Transpose", ["xf"], ["x"], perm=[0, 3, 1, 2]),
+        N("Conv", ["x", "head.w", "head.b"], ["h0"], kernel_shape=[3 * u, 3 * u], strides=[u, u], pads=[u] * 4),
         N("Relu", ["h0"], ["f0"]),
     ]
     feat = "f0"
