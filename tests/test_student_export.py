@@ -131,6 +131,24 @@ def test_resume_refuses_a_checkpoint_for_another_architecture(tmp_path):
         main(base + ["--channels", "12", "--blocks", "1", "--resume"])
 
 
+def test_baselines_train_at_reduced_widths_and_refuse_bad_ones(tmp_path):
+    from trainers.train_student import main
+
+    data = _fake_bsds(tmp_path / "data")
+    weights = tmp_path / "w"
+    base = ["--data", str(data), "--steps-per-epoch", "2", "--batch", "2", "--patch", "16", "--val-images", "2",
+            "--epochs", "1", "--lr", "1e-3", "--weights-dir", str(weights)]
+    assert main(base + ["--arch", "espcn", "--widths", "8,4", "--name", "espcn_tiny",
+                        "--log-path", str(tmp_path / "e.csv")]) == 0
+    entry = load_manifest(weights)["espcn_tiny"]
+    assert entry.macs_per_input_pixel == pytest.approx(25 * 3 * 8 + 9 * 8 * 4 + 9 * 4 * 12)
+    assert "c1=8, c2=4" in entry.description
+    assert make_processor("espcn_tiny", weights).process([_frame(np.zeros((16, 24, 3), np.uint8))]).output.shape \
+        == (32, 48, 3)
+    with pytest.raises(SystemExit, match="--widths for fsrcnn is d,s,m"):
+        main(base + ["--arch", "fsrcnn", "--widths", "8,4", "--log-path", str(tmp_path / "f.csv")])
+
+
 def test_training_on_teacher_pairs(tmp_path):
     from trainers.prepare_dataset import prepare
     from trainers.train_student import main

@@ -265,10 +265,22 @@ def learning_rate(step: int, total: int, peak: float, warmup: float = 0.03) -> f
     return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+BASELINE_WIDTHS = {"espcn": ("c1", "c2"), "fsrcnn": ("d", "s", "m")}
+
+
 def arch_kwargs(arch: str, args: argparse.Namespace) -> dict:
     if arch == "student_sr":
         return dict(channels=args.channels, blocks=args.blocks)
-    return {}
+    if args.widths is None:  # the paper's widths; {} as in the checkpoints made before --widths
+        return {}
+    names = BASELINE_WIDTHS[arch]
+    try:
+        values = [int(v) for v in args.widths.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != len(names) or min(values) < 1:
+        raise SystemExit(f"--widths for {arch} is {','.join(names)} (positive integers), got {args.widths!r}")
+    return dict(zip(names, values))
 
 
 def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path, resume: bool,
@@ -363,7 +375,8 @@ def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path
 
 
 def export_and_register(net: nn.Module, name: str, cfg: TrainConfig, log_path: Path, weights_dir: Path,
-                        command: str, val_pairs_for_int8: list | None = None) -> list[Path]:
+                        command: str, val_pairs_for_int8: list | None = None,
+                        widths: dict | None = None) -> list[Path]:
     """ONNX export (+ int8 for StudentSR), manifest entries with the training facts. Returns the files."""
     from trainers.export import export_onnx, quantize_int8, register
 
@@ -379,6 +392,8 @@ def export_and_register(net: nn.Module, name: str, cfg: TrainConfig, log_path: P
     desc = {"student_sr": "StudentSR: denoise + deblur + 2x upscale, pixel-unshuffled residual network",
             "espcn": "ESPCN baseline (Shi et al. 2016), trained by our trainer on the same data",
             "fsrcnn": "FSRCNN baseline (Dong et al. 2016), trained by our trainer on the same data"}[cfg.arch]
+    if widths:
+        desc += " at reduced widths " + ", ".join(f"{k}={v}" for k, v in widths.items())
     residual = "bilinear" if cfg.arch == "student_sr" else None
     register(name, path, 2, desc, macs, training, quality, weights_dir, residual)
     files = [path]
@@ -407,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--blocks", type=int, default=2)
+    p.add_argument("--widths", default=None,
+                   help="baseline widths other than the paper's: ESPCN c1,c2 (64,32); FSRCNN d,s,m (56,12,4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-images", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
@@ -424,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint or log_path.with_name(f"{name}.ckpt")
     try:
-        net = train(cfg, arch_kwargs(args.arch, args), log_path, checkpoint, args.resume)
+        model_kwargs = arch_kwargs(args.arch, args)
+        net = train(cfg, model_kwargs, log_path, checkpoint, args.resume)
     except TrainingDataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -433,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m trainers.train_student " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     val = (clean_validation_set(cfg.data, 32, cfg.val_crop) if cfg.targets == "clean"
            else teacher_validation_set(cfg.data, cfg.teacher_dir, 2))
-    for f in export_and_register(net, name, cfg, log_path, args.weights_dir, command, val):
+    widths = model_kwargs if args.arch != "student_sr" else None
+    for f in export_and_register(net, name, cfg, log_path, args.weights_dir, command, val, widths):
         print(f"wrote {f}")
     return 0
 

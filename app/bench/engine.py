@@ -31,7 +31,7 @@ from engine.processor import BicubicProcessor, Processor, StageTimer, make_proce
 from trainers.degradations import WEBCAM_NOISE_LEVELS, WebcamParams, degrade_webcam, sample_webcam_params
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-MODELS = ["student_sr", "student_sr_int8", "espcn", "fsrcnn"]
+MODELS = ["student_sr", "student_sr_int8", "espcn", "fsrcnn", "espcn_tiny", "fsrcnn_tiny"]
 BORDER = 4
 
 
