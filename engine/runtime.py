@@ -178,9 +178,10 @@ class LoadedModel:
     def output_name(self) -> str:
         return self.entry.outputs[0].name
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Feed the first input, return the first output (ORT errors propagate unchanged)."""
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+    def run(self, x: np.ndarray, **more: np.ndarray) -> np.ndarray:
+        """Feed the first input (and any further inputs by name), return the first output (ORT
+        errors propagate unchanged)."""
+        return self.session.run([self.output_name], {self.input_name: x, **more})[0]
 
 
 def load_model(name: str, weights_dir: Path | str = WEIGHTS_DIR, cfg: SessionConfig | None = None) -> LoadedModel:

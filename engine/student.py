@@ -3,8 +3,9 @@
 The engine's I/O convention, shared with trainers/ export: input "input" uint8 (1, H, W, 3) BGR
 NHWC, output uint8 (1, sH, sW, 3) BGR NHWC with s the manifest's scale; the graph does its own
 casting and normalisation. A float32 output (0..255 BGR) is accepted too, and checked for NaN/Inf.
-A model whose manifest says residual_over "bilinear" returns a correction (zero at 128) that is
-added here to OpenCV's bilinear upscale of the input.
+A model whose manifest says residual_over "bilinear" takes a second input, "base" uint8
+(1, sH, sW, 3): OpenCV's bilinear upscale of the input, made here, to which the graph adds its
+correction.
 """
 from __future__ import annotations
 
@@ -36,11 +37,11 @@ def pad_to_multiple(bgr: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(bgr, ((0, ph), (0, pw), (0, 0)), mode=mode)
 
 
-def add_residual(bgr: np.ndarray, residual: np.ndarray, offset: int = 128) -> np.ndarray:
-    """(H, W, 3) uint8 input + (sH, sW, 3) uint8 correction (zero at `offset`) -> (sH, sW, 3) uint8:
-    bilinear upscale (half-pixel centres) plus the correction, saturated, in two OpenCV passes."""
-    up = cv2.resize(bgr, (residual.shape[1], residual.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return cv2.addWeighted(up, 1.0, residual, 1.0, -float(offset))
+def bilinear_base(bgr: np.ndarray, scale: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (1, sH, sW, 3) uint8: OpenCV's bilinear upscale (half-pixel centres, as
+    torch's align_corners=False), the "base" input of residual models."""
+    h, w = bgr.shape[:2]
+    return cv2.resize(bgr, (w * scale, h * scale), interpolation=cv2.INTER_LINEAR)[None]
 
 
 class StudentSRProcessor(Processor):
@@ -55,11 +56,15 @@ class StudentSRProcessor(Processor):
             raise ValueError(f"odd_sizes must be 'pad' or 'refuse', got {odd_sizes!r}")
         entry = model.entry
         spec_in, spec_out = entry.inputs[0], entry.outputs[0]
-        if (len(entry.inputs), len(entry.outputs)) != (1, 1) or spec_in.dtype != "uint8" or len(spec_in.shape) != 4 \
+        base = entry.residual_over == "bilinear"
+        extra_ok = (len(entry.inputs) == 2 and entry.inputs[1].name == "base" and entry.inputs[1].dtype == "uint8"
+                    if base else len(entry.inputs) == 1)
+        if not extra_ok or len(entry.outputs) != 1 or spec_in.dtype != "uint8" or len(spec_in.shape) != 4 \
                 or spec_out.dtype not in ("uint8", "float32") or len(spec_out.shape) != 4:
             raise WeightsError(
-                f"model {entry.name!r} ({model.path}) does not follow the engine's I/O convention: one input "
-                f"uint8 (1, H, W, 3) and one output uint8 or float32 (1, sH, sW, 3); the manifest says inputs "
+                f"model {entry.name!r} ({model.path}) does not follow the engine's I/O convention: input "
+                f"uint8 (1, H, W, 3)" + (" and input \"base\" uint8 (1, sH, sW, 3)" if base else " only")
+                + f", and one output uint8 or float32 (1, sH, sW, 3); the manifest says inputs "
                 f"{[(s.name, s.dtype, s.shape) for s in entry.inputs]}, outputs "
                 f"{[(s.name, s.dtype, s.shape) for s in entry.outputs]}. Re-export it with trainers' exporter."
             )
@@ -104,17 +109,19 @@ class StudentSRProcessor(Processor):
                     f"multiples of {self.multiple}. Crop or resize the input, or use padding (odd_sizes='pad')."
                 )
             x = np.ascontiguousarray(pad_to_multiple(bgr, self.multiple))[None]
+        more = {}
+        if self.residual_over == "bilinear":
+            with timer.stage("bilinear"):
+                more["base"] = bilinear_base(x[0], self.scale)
         with timer.stage("infer"):
             try:
-                y = model.run(x)
+                y = model.run(x, **more)
             except Exception as exc:  # ORT's own exception classes; keep the first line, it says the op
                 reason = str(exc).strip().splitlines()[0][:300]
                 raise ModelError(f"{self.name} ({model.path.name}) failed on a {w}x{h} frame (seq {frame.seq}): "
                                  f"{reason}") from exc
         with timer.stage("post"):
             out = self._check_output(y, x.shape, frame.seq)
-            if self.residual_over == "bilinear":
-                out = add_residual(x[0], out)
             out = out[: h * self.scale, : w * self.scale]
         return bgr, np.ascontiguousarray(out)
 
