@@ -18,9 +18,10 @@ from trainers.models.student import StudentConfig, StudentSR, build, macs_per_in
 
 def test_mac_count_matches_the_formula():
     c, b = 16, 2
-    net = StudentSR(StudentConfig(channels=c, blocks=b, tail_kernel=1))
-    expected = 9 * 48 * c / 16 + b * 2 * 9 * c * c / 16 + c * 192 / 16
-    assert macs_per_input_pixel(net) == pytest.approx(expected)
+    for h in (1, 3):
+        net = StudentSR(StudentConfig(channels=c, blocks=b, tail_kernel=1, head_kernel=h))
+        expected = h * h * 48 * c / 16 + b * 2 * 9 * c * c / 16 + c * 192 / 16
+        assert macs_per_input_pixel(net) == pytest.approx(expected)
     assert macs_per_input_pixel(build("espcn")) == pytest.approx(25 * 3 * 64 + 9 * 64 * 32 + 9 * 32 * 12)
 
 
@@ -44,7 +45,8 @@ def _frame(bgr):
     return Frame(np.ascontiguousarray(bgr), 0, time.monotonic_ns(), "test", PixelFormat.BGR8)
 
 
-@pytest.mark.parametrize("kw", [dict(channels=16, blocks=2), dict(channels=8, blocks=1, tail_kernel=3)])
+@pytest.mark.parametrize("kw", [dict(channels=16, blocks=2, head_kernel=1), dict(channels=16, blocks=2),
+                                dict(channels=8, blocks=1, tail_kernel=3)])
 def test_exported_student_through_the_engine_matches_torch(tmp_path, kw):
     net = _random_student(**kw)
     path = export_onnx(net, tmp_path / "s.onnx")

@@ -40,11 +40,12 @@ class EngineIO(nn.Module):
 
 
 def strided_head(w: np.ndarray, u: int) -> np.ndarray:
-    """(C, u*u*3, 3, 3) weights of a 3x3 convolution on SpaceToDepth(u) input (DCR channels: dy,
-    dx, c) -> (C, 3, 3u, 3u) weights of the same convolution on the full-size input, stride u,
-    padding u: tap (ky, kx) of unshuffled channel (dy, dx, c) reads pixel (u ky + dy, u kx + dx)."""
-    n_out = w.shape[0]
-    full = np.zeros((n_out, 3, 3 * u, 3 * u), np.float32)
+    """(C, u*u*3, k, k) weights of a kxk convolution on SpaceToDepth(u) input (DCR channels: dy,
+    dx, c) -> (C, 3, ku, ku) weights of the same convolution on the full-size input, stride u,
+    padding (k // 2) u: tap (ky, kx) of unshuffled channel (dy, dx, c) reads pixel
+    (u ky + dy, u kx + dx)."""
+    n_out, k = w.shape[0], w.shape[-1]
+    full = np.zeros((n_out, 3, k * u, k * u), np.float32)
     for dy in range(u):
         for dx in range(u):
             for c in range(3):
@@ -97,11 +98,12 @@ def student_graph(net: StudentSR) -> onnx.ModelProto:
     ]
     tail_w = sd["tail.weight"][dcr_out] * 255.0  # (3 (us)^2, C, k, k), DCR output order
     N = helper.make_node
-    k = cfg.tail_kernel
+    k, hk = cfg.tail_kernel, cfg.head_kernel
     nodes = [
         N("Cast", ["input"], ["xf"], to=TensorProto.FLOAT),
         N("Transpose", ["xf"], ["x"], perm=[0, 3, 1, 2]),
-        N("Conv", ["x", "head.w", "head.b"], ["h0"], kernel_shape=[3 * u, 3 * u], strides=[u, u], pads=[u] * 4),
+        N("Conv", ["x", "head.w", "head.b"], ["h0"], kernel_shape=[hk * u, hk * u], strides=[u, u],
+          pads=[hk // 2 * u] * 4),
         N("Relu", ["h0"], ["f0"]),
     ]
     feat = "f0"
