@@ -20,6 +20,7 @@ import enum
 import errno
 import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -54,6 +55,9 @@ class RecorderConfig:
     keyframe_s: a keyframe (and an MP4 fragment) this often.
     encoder_threads: threads the encoder may use (0: FFmpeg decides, usually one per core and more).
     drain_timeout_s: how long stop() keeps encoding what is queued before counting the rest dropped.
+    nice: how much lower than the app the recorder thread (and the encoder threads it starts) runs
+        on Linux, so the capture -> engine -> display path gets the cores first when both want them;
+        the queue absorbs the wait, and the encoder still has every idle cycle. 0 leaves it equal.
     """
 
     path: Path
@@ -66,6 +70,7 @@ class RecorderConfig:
     fps_hint: float = 30.0
     encoder_threads: int = 2  # enough to keep up at 1280x960 on 2 cores; 0 lets FFmpeg pick (more)
     drain_timeout_s: float = 3.0
+    nice: int = 5
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,19 @@ class RecordQueue(queue.Queue):
 
 
 # -- pure helpers -----------------------------------------------------------------------------
+def lower_thread_priority(steps: int) -> None:
+    """Raise the calling thread's nice value by `steps` (Linux: nice is per thread, and threads it
+    starts inherit it). Lowering one's own priority needs no privilege; where the OS has no
+    per-thread nice this does nothing."""
+    if steps <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + steps))
+    except (AttributeError, OSError):
+        pass
+
+
 def h264_available() -> bool:
     import av
 
@@ -276,6 +294,7 @@ class Recorder:
 
     # -- the thread -----------------------------------------------------------------------------
     def _run(self) -> None:
+        lower_thread_priority(self.config.nice)
         try:
             while True:
                 if self._stop.is_set():

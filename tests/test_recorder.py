@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import io
+import sys
 import threading
 import time
 from pathlib import Path
@@ -263,3 +264,27 @@ def _can_write(folder: Path) -> bool:
         return True
     except OSError:
         return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is a Linux feature")
+def test_the_recorder_thread_runs_below_the_display_path(tmp_path):
+    """Its nice value (and so its encoder threads') is raised by config.nice; the caller's is not."""
+    import os
+
+    def nice_here() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen = []  # (state, nice) of on_status calls made from the recorder thread
+    me = threading.get_native_id()
+
+    def on_status(st):
+        if threading.get_native_id() != me:
+            seen.append((st.state, nice_here()))
+
+    mine = nice_here()
+    rec = Recorder(RecorderConfig(tmp_path / "n.mp4", nice=5), on_status=on_status)
+    rec.start()
+    rec.offer(result(0, 10**12))
+    assert rec.stop().frames == 1
+    assert seen and all(n == min(19, mine + 5) for _, n in seen), seen
+    assert nice_here() == mine
