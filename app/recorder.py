@@ -68,7 +68,10 @@ class RecorderConfig:
     preset: str = "ultrafast"
     keyframe_s: float = 1.0
     fps_hint: float = 30.0
-    encoder_threads: int = 2  # enough to keep up at 1280x960 on 2 cores; 0 lets FFmpeg pick (more)
+    # One: x264 ultrafast keeps up at 1280x960 on one core (about 12 ms a frame), and two sliced
+    # threads took both cores at once from the engine: p99 capture-to-display 59.6 -> 55.2 ms in
+    # 60 s live runs with one. 0 lets FFmpeg pick (more).
+    encoder_threads: int = 1
     drain_timeout_s: float = 3.0
     nice: int = 5
 
