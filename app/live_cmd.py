@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
-
 from app.pipeline import PipelineConfig, run_headless
 from capture.sources import SourceOptions
 
@@ -45,14 +43,6 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def one_opencv_thread_per_caller() -> None:
-    """Run each OpenCV call on the thread that makes it. The live pipeline already keeps both cores
-    busy with its own threads (capture, engine, GUI, recorder); OpenCV splitting each small call
-    over both cores only adds hand-offs and contention: 60 s live runs with recording went from
-    p99 capture-to-display 60 to 47 ms and 176% to 166% CPU. (The burst path is no slower.)"""
-    cv2.setNumThreads(1)
-
-
 def run(args: argparse.Namespace) -> int:
     config = PipelineConfig(source=args.source, processor=args.model,
                             source_options=SourceOptions(realtime=not args.fast))
@@ -63,10 +53,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"the window is not available ({exc}); running headless", file=sys.stderr)
         else:
             freeze_startup_objects()
-            one_opencv_thread_per_caller()
             return run_window(config, args)
     freeze_startup_objects()
-    one_opencv_thread_per_caller()
     summary = run_headless(config, frames=args.frames, seconds=args.seconds)
     print(json.dumps(summary, indent=1))
     if args.stats:
