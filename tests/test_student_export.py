@@ -177,3 +177,16 @@ def test_missing_training_data_is_a_clear_error(tmp_path, capsys):
 
     assert main(["--data", str(tmp_path), "--epochs", "1", "--log-path", str(tmp_path / "l.csv")]) == 2
     assert "BSDS500" in capsys.readouterr().err
+
+
+def test_a_residual_model_without_the_base_input_is_refused_at_load(tmp_path):
+    """A graph exported before the "base" input (one input, a bare correction) must not be run as if
+    it added the bilinear base itself: loading it says what is wrong and what to do."""
+    from engine.manifest import WeightsError
+
+    torch.manual_seed(0)
+    net = build("espcn").eval()  # one input: stands for a graph from the older exporter
+    register("old", export_onnx(net, tmp_path / "old.onnx"), 2, "test", None, {}, weights_dir=tmp_path,
+             residual_over="bilinear")
+    with pytest.raises(WeightsError, match="base.*[Rr]e-export"):
+        make_processor("old", tmp_path)
