@@ -54,14 +54,14 @@ def strided_head(w: np.ndarray, u: int) -> np.ndarray:
 
 
 def student_graph(net: StudentSR) -> onnx.ModelProto:
-    """StudentSR's correction to the bilinear 2x, as an ONNX graph on uint8 NHWC, written op by op
+    """StudentSR as an ONNX graph on uint8 NHWC (the bilinear 2x comes in as a second input), op by op
     so the layout work is what this CPU does fastest (measured: ORT's 6-D transposes, which torch's
     pixel_(un)shuffle export to, cost 30 ms a frame here; SpaceToDepth/DepthToSpace a few):
 
         (1, H, W, 3) u8 -> float -> NCHW -> head -> ReLU -> res blocks -> tail
         -> QuantizeLinear (+128, rounded, saturated) -> block layout -> + base -> (1, sH, sW, 3) u8
 
-    The head, a 3x3 convolution on the pixel-unshuffled input, runs as the equivalent 3u x 3u
+    The head, a kxk convolution on the pixel-unshuffled input, runs as the equivalent ku x ku
     convolution with stride u on the input itself (`strided_head`): the same MACs without the
     SpaceToDepth pass, and with the cast before the transpose (measured faster in that order):
     1.5-2 ms a frame less here, output within one level of the SpaceToDepth graph.
@@ -78,9 +78,11 @@ def student_graph(net: StudentSR) -> onnx.ModelProto:
     The correction is added to the graph's second input, "base": OpenCV's bilinear 2x of the
     input, which the engine computes (manifest: residual_over "bilinear"). The add is ORT's
     QLinearAdd on the two uint8 tensors (the correction's zero at 128), the saturating uint8 add
-    OpenCV's addWeighted did after the run, 1.6 ms a frame faster in the graph, bit-identical. The 0..255 scaling is folded into the head and tail weights (ReLU is positively
-    homogeneous), and the channel orders of the head and tail are permuted from torch's (c, dy, dx)
-    to ONNX DCR's (dy, dx, c). Together with the engine's add it computes StudentSR.forward
+    OpenCV's addWeighted did after the run, 1.6 ms a frame faster in the graph, bit-identical.
+
+    The 0..255 scaling is folded into the head and tail weights (ReLU is positively homogeneous),
+    and the channel orders of the head and tail are permuted from torch's (c, dy, dx) to ONNX DCR's
+    (dy, dx, c). Given the engine's bilinear base it computes StudentSR.forward
     (tests/test_student_export.py)."""
     cfg = net.cfg
     u, s = cfg.unshuffle, cfg.scale

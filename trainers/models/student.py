@@ -9,9 +9,9 @@ about 36 GMAC/s (engine/peak.py), so 60 fps at 640x480 leaves about 0.6 GMAC per
 - predicts a correction to a bilinear 2x of the input directly in pixel-shuffled layout (each
   1/16-size position emits its 8x8x3 output block), so the network only learns what bilinear
   interpolation misses: noise, blur, aliasing.
-The exported graph (export.py) returns that correction as uint8 (offset 128) and the engine adds it
-to OpenCV's bilinear 2x (the same half-pixel-centre bilinear as torch's align_corners=False): OpenCV
-does the full-resolution skip and add in about 3 ms, ONNX Runtime's Gather + Add took 4.
+The engine makes the bilinear 2x with OpenCV (the same half-pixel-centre bilinear as torch's
+align_corners=False; ONNX Runtime's own resize was slower) and hands it to the exported graph
+(export.py) as a second input, to which the graph adds the correction with a saturating uint8 add.
 
 MACs per input pixel (C channels, B blocks, u = 4, s = 2, head kernel h, tail kernel k):
     head h^2 * 3u^2 * C / u^2 + body B * 2 * 9 * C^2 / u^2 + tail k^2 * C * 3(us)^2 / u^2
