@@ -46,8 +46,8 @@ class ModelEntry:
     outputs: list[TensorSpec]
     description: str = ""
     macs_per_input_pixel: float | None = None
-    # "bilinear": the output is a uint8 correction (zero at 128) to add to a bilinear scale-x of the
-    # input, which OpenCV makes faster than the graph could; None: the output is the image itself.
+    # "bilinear": the graph takes a second input, "base", a bilinear scale-x of the input (OpenCV
+    # makes it faster than the graph could), and adds its correction to it; None: one input.
     residual_over: str | None = None
     training: dict[str, Any] = field(default_factory=dict)  # command, data, steps, log, commit
     quality: dict[str, Any] = field(default_factory=dict)  # measured figures, with what they were measured on
