@@ -18,10 +18,13 @@ content moves by -(dx, dy): frame j is frame k shifted by (dx_k - dx_j, dy_k - d
 
 Speed: this runs in the capture thread beside a model on a 2-core CPU, so every per-frame step is
 one OpenCV pass over preallocated buffers, noise comes from a pool of pre-drawn Gaussian fields, and
-the BGR 2x truth (a 2x warp costs more than the whole frame) is rendered when first read.
+the BGR 2x truth (a 2x warp costs more than the whole frame) is rendered when first read. Paced,
+it renders each frame just before the frame is due rather than right after the previous one left,
+so that work falls while the engine waits for the frame instead of beside the model.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import threading
@@ -412,6 +415,25 @@ def read_image(path: Path) -> np.ndarray | None:
 
 
 # -- the camera --------------------------------------------------------------------------------
+class RecentMax:
+    """A duration to plan with: the longest recent one, with a margin. It jumps up to any longer
+    time at once and decays slowly back down, so one fast run does not make the next one late."""
+
+    def __init__(self, initial_s: float, margin: float = 1.25, decay: float = 0.98):
+        self.seconds, self.margin, self.decay = initial_s, margin, decay
+
+    def observe(self, seconds: float) -> None:
+        self.seconds = max(self.margin * seconds, self.decay * self.seconds)
+
+    @contextlib.contextmanager
+    def measure(self):
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.observe(time.monotonic() - t0)
+
+
 class SimulatedCamera(Source):
     """The simulated camera. See the module docstring for what it renders and how fast."""
 
@@ -460,6 +482,8 @@ class SimulatedCamera(Source):
         self._seq = 0
         self._prev_motion: tuple[float, float, float] | None = None
         self._next_due: float | None = None
+        period = 1.0 / cfg.fps
+        self._render_time, self._scene_time = RecentMax(period / 4), RecentMax(period / 2)
         self._open = True
 
     def read(self) -> Frame:
@@ -467,17 +491,21 @@ class SimulatedCamera(Source):
             raise SourceInvalid("simulated camera is not open; call open() first")
         seq = self._seq
         k = seq // self.frames_per_scene
-        if self._scene is None or self._scene.index != k:
-            self._scene = self._prepare_scene(k)
-        motion = self._shake.step()
-        prev = self._prev_motion or motion
-        self._prev_motion = motion
-        if self.pixel_format is PixelFormat.BAYER16:
-            pixels, truth = self._render_bayer(self._scene, seq, motion)
-            raw = self._scene.raw
-        else:
-            pixels, truth = self._render_bgr(self._scene, seq, motion, prev)
-            raw = None
+        new_scene = self._scene is None or self._scene.index != k
+        self._wait_to_render(new_scene)
+        if new_scene:
+            with self._scene_time.measure():
+                self._scene = self._prepare_scene(k)
+        with self._render_time.measure():
+            motion = self._shake.step()
+            prev = self._prev_motion or motion
+            self._prev_motion = motion
+            if self.pixel_format is PixelFormat.BAYER16:
+                pixels, truth = self._render_bayer(self._scene, seq, motion)
+                raw = self._scene.raw
+            else:
+                pixels, truth = self._render_bgr(self._scene, seq, motion, prev)
+                raw = None
         t_ns = self._pace()
         self._seq += 1
         return Frame(pixels, seq, t_ns, self.name, self.pixel_format, raw=raw, truth=truth)
@@ -635,6 +663,20 @@ class SimulatedCamera(Source):
         )
 
     # -- pacing ---------------------------------------------------------------------------------
+    def _wait_to_render(self, new_scene: bool) -> None:
+        """Paced: sleep until just before this frame is due, less the time its rendering takes.
+
+        A real camera's frame costs the host nothing until it arrives. Rendering right after the
+        previous frame went out would instead run beside the model working on that frame, and on
+        2 cores it slows the model down; rendered just in time it mostly runs while the engine waits.
+        """
+        if not self.config.realtime or self._next_due is None:
+            return
+        lead = self._render_time.seconds + (self._scene_time.seconds if new_scene else 0.0)
+        wait = self._next_due - lead - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+
     def _pace(self) -> int:
         """Wait for this frame's slot when paced; the capture time of the frame (monotonic ns)."""
         if not self.config.realtime:

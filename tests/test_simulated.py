@@ -12,6 +12,7 @@ from capture.ring_buffer import RingBuffer
 from capture.simulated import (
     HandheldShake,
     ShakeConfig,
+    RecentMax,
     SimulatedCamera,
     SimulatedConfig,
     shake_matrix,
@@ -311,6 +312,51 @@ def test_paced_at_60_fps():
     assert 0.25 <= elapsed < 3.0
     gaps_ms = np.diff([f.t_capture_ns for f in fs]) / 1e6
     assert 8 < np.median(gaps_ms) < 30
+
+
+class _RenderClock(SimulatedCamera):
+    """Notes when each frame's rendering starts (a test-side subclass; the camera is unchanged)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.render_starts: list[float] = []
+
+    def _render_bgr(self, *args):
+        self.render_starts.append(time.monotonic())
+        return super()._render_bgr(*args)
+
+
+def test_paced_frames_are_rendered_just_before_they_are_due():
+    # Rendered right after the previous frame left, a frame would compete with the model working on
+    # that one; the camera waits and renders it at the end of its period instead.
+    cam = _RenderClock(SimulatedConfig(width=320, height=240, fps=30, realtime=True, moving_object=False))
+    cam.open()
+    returned = []
+    for _ in range(12):
+        cam.read()
+        returned.append(time.monotonic())
+    idle_before_render = np.array(cam.render_starts[1:]) - np.array(returned[:-1])
+    assert np.median(idle_before_render) > 0.5 / 30  # most of the period passes before rendering starts
+    gaps_ms = np.diff(returned) * 1e3
+    assert 25 < np.median(gaps_ms) < 45  # and the frames still come at 30 fps
+
+
+def test_pacing_does_not_change_the_pictures():
+    paced = camera(width=96, height=64, fps=120, realtime=True)
+    fast = camera(width=96, height=64, fps=120, realtime=False)
+    for _ in range(3):
+        np.testing.assert_array_equal(paced.read().pixels, fast.read().pixels)
+
+
+def test_recent_max_jumps_up_at_once_and_decays_slowly():
+    d = RecentMax(0.010, margin=1.25, decay=0.9)
+    d.observe(0.020)
+    assert d.seconds == pytest.approx(0.025)
+    d.observe(0.001)
+    assert d.seconds == pytest.approx(0.0225)  # one fast run lowers it by 10%, not to 1.25 ms
+    for _ in range(100):
+        d.observe(0.001)
+    assert d.seconds == pytest.approx(0.00125)
 
 
 def test_truth_survives_copy_and_pickle():
