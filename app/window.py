@@ -52,6 +52,8 @@ from engine.worker import ResultSlot, WorkerState
 
 RUNS_DIR = Path("runs")
 STEP_CHOICES = (1, 2, 4)
+# A displayed frame's row in the stats timeline: when it was shown, and where its latency went.
+TIMELINE_COLUMNS = ("shown_s", "latency_ms", "wait_ms", "engine_ms", "to_screen_ms")
 SOURCE_CHOICES = ("simulated", "simulated:bayer", "ps3eye", "0")
 LABELS = {
     "student_sr": "StudentSR",
@@ -287,9 +289,10 @@ class MainWindow(QMainWindow):
         self._started = False
         self._problems: dict[str, str] = {}
         self._latency = LatencyWindow(1.0)
-        # (display time s from start, latency ms) of every displayed frame, for --stats and the benchmark;
-        # bounded (2 h at 30 fps, ~20 MB) so a window left running for days does not grow without end.
-        self._timeline: collections.deque[tuple[float, float]] = collections.deque(maxlen=216_000)
+        # (display time s from start, latency ms, and its parts: waiting for the engine, in the engine,
+        # result to screen, ms) of every displayed frame, for --stats and the benchmark; bounded (2 h at
+        # 30 fps, ~50 MB) so a window left running for days does not grow without end.
+        self._timeline: collections.deque[tuple[float, ...]] = collections.deque(maxlen=216_000)
         self._t0 = time.monotonic()
         self._t0_ns = time.monotonic_ns()
         self._shown = 0
@@ -582,7 +585,8 @@ class MainWindow(QMainWindow):
         self._latency.add(token.t_capture_ns, t_ns)
         t_s = (t_ns - self._t0_ns) / 1e9
         lat = (t_ns - token.t_capture_ns) / 1e6
-        self._timeline.append((t_s, lat))
+        self._timeline.append((t_s, lat, (token.t_start_ns - token.t_capture_ns) / 1e6,
+                               (token.t_done_ns - token.t_start_ns) / 1e6, (t_ns - token.t_done_ns) / 1e6))
         self.stats_panel.plot.add(t_s, lat)
         self._shown += 1
         if self.plan.frames is not None and self._shown >= self.plan.frames:
@@ -933,8 +937,8 @@ class MainWindow(QMainWindow):
     def run_stats(self, eng=None) -> dict:
         """Everything measured in this run (the whole run, not just the last second)."""
         wall = time.monotonic() - self._t0
-        lat = np.array([v for _, v in self._timeline]) if self._timeline else np.array([math.nan])
-        times = np.array([t for t, _ in self._timeline])
+        lat = np.array([row[1] for row in self._timeline]) if self._timeline else np.array([math.nan])
+        times = np.array([row[0] for row in self._timeline])
         per_second = []
         if len(times):
             bins = np.arange(math.floor(times[0]), math.ceil(times[-1]) + 1)
@@ -965,7 +969,8 @@ class MainWindow(QMainWindow):
             "problems": list(self._problems.values()),
             "cpu_seconds": cpu.user + cpu.system, "cpu_percent": 100 * (cpu.user + cpu.system) / wall if wall else 0.0,
             "peak_rss_mib": peak_rss_mib(), "qt_platform": QGuiApplication.platformName(),
-            "timeline": [[round(t, 4), round(v, 3)] for t, v in self._timeline],
+            "timeline_columns": list(TIMELINE_COLUMNS),
+            "timeline": [[round(v, 4 if i == 0 else 3) for i, v in enumerate(row)] for row in self._timeline],
         }
 
     @property

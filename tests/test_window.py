@@ -250,7 +250,7 @@ def test_switch_processor_and_steps_while_running(open_window, qtbot):
     assert w.snapshot_stats().processor == "fake_steps", "still loading"
     assert w.frames_shown >= n0 + 5, "the video did not wait for the load"
     qtbot.waitUntil(lambda: w.snapshot_stats().processor == "slow_load", timeout=8000)
-    gaps = np.diff([t for t, _ in w._timeline if t >= t0 - w._t0])
+    gaps = np.diff([row[0] for row in w._timeline if row[0] >= t0 - w._t0])
     assert gaps.max() < 1.0, f"a {gaps.max():.2f} s gap in the display while a 1.5 s load ran"
     qtbot.waitUntil(lambda: not w.steps_box.isEnabled(), timeout=3000)
     assert "slow_load has no step count" in w.steps_box.toolTip()
