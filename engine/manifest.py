@@ -49,6 +49,9 @@ class ModelEntry:
     # "bilinear": the graph takes a second input, "base", a bilinear scale-x of the input (OpenCV
     # makes it faster than the graph could), and adds its correction to it; None: one input.
     residual_over: str | None = None
+    # With residual_over: a small odd square kernel (rows of floats) the input is filtered with
+    # before the bilinear scale-x that makes "base", as in training; None: no filter.
+    base_filter: list[list[float]] | None = None
     training: dict[str, Any] = field(default_factory=dict)  # command, data, steps, log, commit
     quality: dict[str, Any] = field(default_factory=dict)  # measured figures, with what they were measured on
 
@@ -67,6 +70,7 @@ class ModelEntry:
                 description=d.get("description", ""),
                 macs_per_input_pixel=d.get("macs_per_input_pixel"),
                 residual_over=d.get("residual_over"),
+                base_filter=d.get("base_filter"),
                 training=d.get("training", {}),
                 quality=d.get("quality", {}),
             )
@@ -76,6 +80,8 @@ class ModelEntry:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("name")
+        if d["base_filter"] is None:
+            d.pop("base_filter")
         return d
 
 

@@ -10,10 +10,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from capture.frame import Frame, PixelFormat  # noqa: E402
-from engine.manifest import load_manifest  # noqa: E402
+from engine.manifest import WeightsError, load_manifest  # noqa: E402
 from engine.processor import make_processor  # noqa: E402
 from trainers.export import export_onnx, register  # noqa: E402
-from trainers.models.student import StudentConfig, StudentSR, build, macs_per_input_pixel  # noqa: E402
+from trainers.models.student import StudentConfig, StudentSR, base_filter_of, build, macs_per_input_pixel  # noqa: E402
 
 
 def test_mac_count_matches_the_formula():
@@ -46,12 +46,13 @@ def _frame(bgr):
 
 
 @pytest.mark.parametrize("kw", [dict(channels=16, blocks=2, head_kernel=1), dict(channels=16, blocks=2),
-                                dict(channels=8, blocks=1, tail_kernel=3)])
+                                dict(channels=8, blocks=1, tail_kernel=3),
+                                dict(channels=16, blocks=2, head_kernel=1, base_blur_sigma=0.8)])
 def test_exported_student_through_the_engine_matches_torch(tmp_path, kw):
     net = _random_student(**kw)
     path = export_onnx(net, tmp_path / "s.onnx")
     register("s", path, 2, "test", macs_per_input_pixel(net), {"command": "test"}, weights_dir=tmp_path,
-             residual_over="bilinear")
+             residual_over="bilinear", base_filter=base_filter_of(net))
     rng = np.random.default_rng(0)
     bgr = cv2.GaussianBlur(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), (0, 0), 1.5)
     out = make_processor("s", tmp_path).process([_frame(bgr)]).output
@@ -60,6 +61,37 @@ def test_exported_student_through_the_engine_matches_torch(tmp_path, kw):
     assert out.shape == (96, 128, 3)
     # bilinear and the correction are each rounded to 8 bits in the engine, once in torch
     assert diff.max() <= 2 and diff.mean() < 0.6, (diff.max(), diff.mean())
+
+
+def test_the_base_filter_travels_in_the_manifest_and_the_engine_applies_it(tmp_path):
+    net = _random_student(channels=8, blocks=1, head_kernel=1, base_blur_sigma=0.8)
+    kernel = base_filter_of(net)
+    assert kernel.shape == (5, 5) and abs(kernel.sum() - 1) < 1e-6
+    register("s", export_onnx(net, tmp_path / "s.onnx"), 2, "test", None, {}, weights_dir=tmp_path,
+             residual_over="bilinear", base_filter=kernel)
+    np.testing.assert_allclose(load_manifest(tmp_path)["s"].base_filter, kernel, atol=1e-7)
+    # the same graph without the filter in its manifest makes a different picture: the filter is used
+    register("plain", export_onnx(net, tmp_path / "p.onnx"), 2, "test", None, {}, weights_dir=tmp_path,
+             residual_over="bilinear")
+    bgr = np.random.default_rng(3).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    with_filter = make_processor("s", tmp_path).process([_frame(bgr)]).output
+    without = make_processor("plain", tmp_path).process([_frame(bgr)]).output
+    assert np.abs(with_filter.astype(int) - without).mean() > 5
+    assert base_filter_of(_random_student(channels=8, blocks=1)) is None  # plain bilinear: no key at all
+    assert "base_filter" not in load_manifest(tmp_path)["plain"].to_dict()
+
+
+@pytest.mark.parametrize("bad", [[[1.0, 0.0], [0.0, 0.0]], [[float("nan")]], [1.0, 2.0, 3.0], "blur"])
+def test_a_malformed_base_filter_is_refused_at_load(tmp_path, bad):
+    net = _random_student(channels=8, blocks=1)
+    register("s", export_onnx(net, tmp_path / "s.onnx"), 2, "test", None, {}, weights_dir=tmp_path,
+             residual_over="bilinear")
+    import json
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    doc["models"]["s"]["base_filter"] = bad
+    (tmp_path / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(WeightsError, match="base_filter must be an odd square kernel"):
+        make_processor("s", tmp_path)
 
 
 def test_odd_sized_frames_are_padded_and_cropped(tmp_path):
@@ -102,7 +134,7 @@ def test_training_logs_resumes_and_exports_a_model_the_engine_runs(tmp_path, cap
     data = _fake_bsds(tmp_path / "data")
     log, weights = tmp_path / "logs" / "s.csv", tmp_path / "w"
     args = ["--data", str(data), "--steps-per-epoch", "3", "--batch", "4", "--patch", "16", "--val-images", "3",
-            "--channels", "8", "--blocks", "1", "--log-path", str(log), "--weights-dir", str(weights)]
+            "--channels", "8", "--blocks", "1", "--base-blur", "0.8", "--log-path", str(log), "--weights-dir", str(weights)]
     assert main(args + ["--epochs", "2"]) == 0
     rows = _rows(log)
     assert [r["epoch"] for r in rows] == ["1", "2"]
@@ -115,6 +147,7 @@ def test_training_logs_resumes_and_exports_a_model_the_engine_runs(tmp_path, cap
     assert {"student_sr", "student_sr_int8"} <= set(manifest)
     entry = manifest["student_sr"]
     assert entry.residual_over == "bilinear" and "--resume" in entry.training["command"]
+    assert np.shape(entry.base_filter) == (5, 5) and manifest["student_sr_int8"].base_filter == entry.base_filter
     assert entry.quality["val_psnr"] == pytest.approx(max(float(r["val_psnr"]) for r in _rows(log)))
     frame = _frame(np.full((32, 48, 3), 128, np.uint8))
     for name in ("student_sr", "student_sr_int8"):
@@ -190,3 +223,22 @@ def test_a_residual_model_without_the_base_input_is_refused_at_load(tmp_path):
              residual_over="bilinear")
     with pytest.raises(WeightsError, match="base.*[Rr]e-export"):
         make_processor("old", tmp_path)
+
+
+@pytest.mark.parametrize("kernel, opencv", [
+    ("gaussian", "GaussianBlur"),
+    (np.outer([1.0, 2.0, 1.0], [1.0, 0.0, -1.0]), "sepFilter2D"),  # separable, not a Gaussian
+    (np.array([[0.0, -1.0, 0.0], [-1.0, 5.0, -1.0], [0.0, -1.0, 0.0]]), "filter2D"),  # not separable
+])
+def test_the_base_prefilter_takes_opencvs_fastest_pass_with_the_same_result(kernel, opencv):
+    from engine.student import bilinear_base, prefilter_for
+    from trainers.models.student import gaussian_kernel
+
+    kernel = gaussian_kernel(0.8) if isinstance(kernel, str) else kernel
+    fast = prefilter_for(kernel)
+    assert fast.func.__name__ == opencv
+    bgr = np.random.default_rng(4).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    exact = cv2.filter2D(bgr.astype(np.float32), -1, kernel.astype(np.float32), borderType=cv2.BORDER_REFLECT_101)
+    exact = np.clip(np.round(exact), 0, 255)
+    assert np.abs(fast(bgr).astype(float) - exact).max() <= 1  # fixed point or 8-bit rounding, nothing more
+    assert bilinear_base(bgr, 2, fast).shape == (1, 80, 112, 3)

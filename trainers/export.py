@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from engine.manifest import WEIGHTS_DIR, TensorSpec, entry_for_file, upsert_entry
-from engine.student import bilinear_base
+from engine.student import bilinear_base, prefilter_for
 from trainers.models.student import StudentSR
 
 OPSET = 17
@@ -198,17 +198,20 @@ def export_onnx(net: nn.Module, path: Path | str, scale: int = 2, sample_hw: tup
     return path
 
 
-def quantize_int8(fp32_path: Path | str, int8_path: Path | str, calibration: list[np.ndarray], scale: int = 2) -> Path:
+def quantize_int8(fp32_path: Path | str, int8_path: Path | str, calibration: list[np.ndarray], scale: int = 2,
+                  base_filter: np.ndarray | None = None) -> Path:
     """Static QDQ int8 (per-channel weights, uint8 activations) calibrated on uint8 (1, H, W, 3)
-    frames (and their bilinear `scale`x upscale for a graph with a "base" input). The graph's uint8
-    inputs and output stay as they are."""
+    frames (and, for a graph with a "base" input, their bilinear `scale`x upscale, after
+    `base_filter` when the model has one, as a (k, k) kernel). The graph's uint8 inputs and output
+    stay as they are."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     wants_base = any(i.name == "base" for i in onnx.load(str(fp32_path), load_external_data=False).graph.input)
+    prefilter = prefilter_for(base_filter) if base_filter is not None else None
 
     def feed(x: np.ndarray) -> dict[str, np.ndarray]:
-        return {"input": x, "base": bilinear_base(x[0], scale)} if wants_base else {"input": x}
+        return {"input": x, "base": bilinear_base(x[0], scale, prefilter)} if wants_base else {"input": x}
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -236,8 +239,10 @@ def quantize_int8(fp32_path: Path | str, int8_path: Path | str, calibration: lis
 
 def register(name: str, path: Path, scale: int, description: str, macs: float | None,
              training: dict[str, Any], quality: dict[str, Any] | None = None,
-             weights_dir: Path = WEIGHTS_DIR, residual_over: str | None = None) -> None:
-    """Add or replace `name` in weights_dir/manifest.json for the file at `path`."""
+             weights_dir: Path = WEIGHTS_DIR, residual_over: str | None = None,
+             base_filter: np.ndarray | None = None) -> None:
+    """Add or replace `name` in weights_dir/manifest.json for the file at `path`. base_filter: the
+    kernel the engine blurs the input with before making "base" (StudentSR's base_blur_sigma)."""
     entry = entry_for_file(
         name, path, weights_dir, kind="sr", scale=scale,
         inputs=[TensorSpec("input", "uint8", [1, "H", "W", 3])]
@@ -245,5 +250,6 @@ def register(name: str, path: Path, scale: int, description: str, macs: float | 
         outputs=[TensorSpec("output", "uint8", [1, f"{scale}*H", f"{scale}*W", 3])],
         description=description, macs_per_input_pixel=macs, training=training, quality=quality or {},
         residual_over=residual_over,
+        base_filter=None if base_filter is None else np.asarray(base_filter, np.float64).round(8).tolist(),
     )
     upsert_entry(entry, weights_dir)

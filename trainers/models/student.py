@@ -21,8 +21,10 @@ ninth of a 3x3 one, and in the same 3,000 steps it scored higher on Kodak24 at e
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,9 +38,21 @@ class StudentConfig:
     scale: int = 2
     tail_kernel: int = 1
     head_kernel: int = 3  # the trainer's CLI defaults to 1; 3 here reads older checkpoints' configs right
+    # Gaussian blur (sigma, input pixels) of the input before the bilinear base; 0: plain bilinear.
+    # The base then carries less of the noise, which the correction (16 numbers per 4x4 block) cannot
+    # cancel pixel by pixel, and the correction adds back detail, which it can.
+    base_blur_sigma: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """(2r+1, 2r+1) float32 Gaussian of `sigma` pixels, r = ceil(2 sigma), summing to 1."""
+    r = max(1, math.ceil(2 * sigma))
+    g = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    g /= g.sum()
+    return np.outer(g, g).astype(np.float32)
 
 
 class ResBlock(nn.Module):
@@ -67,6 +81,8 @@ class StudentSR(nn.Module):
         # passes no gradient to the layers before it, which then wait ~100 steps to start learning.
         nn.init.normal_(self.tail.weight, std=1e-3)
         nn.init.zeros_(self.tail.bias)
+        k = torch.from_numpy(gaussian_kernel(cfg.base_blur_sigma)) if cfg.base_blur_sigma > 0 else torch.ones(1, 1)
+        self.register_buffer("base_kernel", k, persistent=False)  # fixed: not in the state dict
 
     def features(self, unshuffled: torch.Tensor) -> torch.Tensor:
         """(N, 3u^2, H/u, W/u) -> the tail's (N, 3(us)^2, H/u, W/u) correction, channel-major
@@ -78,9 +94,25 @@ class StudentSR(nn.Module):
         u, s = self.cfg.unshuffle, self.cfg.scale
         return F.pixel_shuffle(self.features(F.pixel_unshuffle(x, u)), u * s)
 
+    def base(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, 3, sH, sW): the bilinear 2x the correction is added to, of the input
+        blurred by base_kernel first when base_blur_sigma > 0 (reflected borders, as the engine)."""
+        if self.cfg.base_blur_sigma > 0:
+            r = self.base_kernel.shape[0] // 2
+            k = self.base_kernel.to(x.dtype).expand(x.shape[1], 1, 2 * r + 1, 2 * r + 1)
+            x = F.conv2d(F.pad(x, (r, r, r, r), mode="reflect"), k, groups=x.shape[1])
+        return F.interpolate(x, scale_factor=self.cfg.scale, mode="bilinear", align_corners=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base = F.interpolate(x, scale_factor=self.cfg.scale, mode="bilinear", align_corners=False)
-        return base + self.residual(x)
+        return self.base(x) + self.residual(x)
+
+
+def base_filter_of(net: nn.Module) -> np.ndarray | None:
+    """The kernel a StudentSR blurs its input with before the bilinear base, for the manifest (the
+    engine makes the base); None for other networks and plain-bilinear StudentSRs."""
+    if isinstance(net, StudentSR) and net.cfg.base_blur_sigma > 0:
+        return net.base_kernel.cpu().numpy()
+    return None
 
 
 class ESPCN(nn.Module):
