@@ -13,7 +13,7 @@ $PY -m trainers.train_student --arch espcn --lr 1e-3 $COMMON --log-path training
 $PY -m trainers.train_student --arch fsrcnn --lr 1e-3 $COMMON --log-path training_logs/fsrcnn/log.csv --checkpoint runs/fsrcnn.ckpt --resume
 $PY -m trainers.train_student --arch espcn --widths 8,8 --name espcn_tiny --lr 1e-3 $COMMON --log-path training_logs/espcn_tiny/log.csv --checkpoint runs/espcn_tiny.ckpt --resume
 $PY -m trainers.train_student --arch fsrcnn --widths 8,4,2 --name fsrcnn_tiny --lr 1e-3 $COMMON --log-path training_logs/fsrcnn_tiny/log.csv --checkpoint runs/fsrcnn_tiny.ckpt --resume
-$PY -m trainers.train_student --arch student_sr $COMMON --log-path training_logs/student_sr/log.csv --checkpoint runs/student_sr.ckpt --resume
+$PY -m trainers.train_student --arch student_sr --base-blur 0.8 $COMMON --log-path training_logs/student_sr/log.csv --checkpoint runs/student_sr.ckpt --resume
 for run in espcn fsrcnn espcn_tiny fsrcnn_tiny student_sr; do
     $PY -m trainers.plot_metrics --log-path training_logs/$run/log.csv
 done
