@@ -2,17 +2,9 @@
 import numpy as np
 import pytest
 
+from engine.burst import kernels
 from engine.burst.align import align
-from engine.burst.merge import (
-    MergeConfig,
-    _overlap_add,
-    _tile_view,
-    merge,
-    merge_mean,
-    raised_cosine,
-    tile_inverse,
-    tile_spectra,
-)
+from engine.burst.merge import MergeConfig, merge, merge_mean, raised_cosine, tile_inverse, tile_spectra
 from engine.burst.raw import grey
 from tests.burst_data import STATIC, MotionConfig, MovingObject, burst, noise_model
 from trainers.burst_synthesis import score
@@ -23,20 +15,64 @@ def rmse(a, b, mask=None):
     return float(np.sqrt(d[:, mask].mean() if mask is not None else d.mean()))
 
 
+def tiles_of(img, t):
+    """(..., H, W) -> (..., H/s - 1, W/s - 1, t, t) copies of the tiles at stride s = t/2 (numpy)."""
+    s = t // 2
+    *lead, h, w = img.shape
+    st = img.strides
+    view = np.lib.stride_tricks.as_strided(img, (*lead, h // s - 1, w // s - 1, t, t),
+                                           (*st[:-2], st[-2] * s, st[-1] * s, st[-2], st[-1]))
+    return view.copy()
+
+
 @pytest.mark.parametrize("t", [8, 16])
 def test_tile_spectra_match_numpy_keep_float32_and_invert(t):
     x = np.random.default_rng(0).random((3, 7, t, t), dtype=np.float32)
     spec = tile_spectra(x)
     assert spec.dtype == np.complex64 and spec.shape == (3, 7, t, t // 2 + 1)
     assert np.allclose(spec, np.fft.rfft2(x), atol=1e-4)
-    assert np.allclose(tile_spectra(x, windowed=True), np.fft.rfft2(x * raised_cosine(t)), atol=1e-4)
     assert np.allclose(tile_inverse(spec, t), x, atol=1e-5)
 
 
 def test_raised_cosine_tiles_add_back_to_the_image():
     img = np.random.default_rng(1).random((4, 64, 96), dtype=np.float32)
-    back = _overlap_add(_tile_view(img, 16) * raised_cosine(16), 16)
+    tiles = np.empty((4, 7, 11, 16, 16), np.float32)
+    kernels.windowed_tiles(img, raised_cosine(16), tiles)
+    assert np.array_equal(tiles, tiles_of(img, 16) * raised_cosine(16))
+    back = np.zeros_like(img)
+    kernels.overlap_add(tiles, back)
     assert np.abs(back[:, 8:-8, 8:-8] - img[:, 8:-8, 8:-8]).max() < 1e-5
+
+
+def test_windowed_differences_zero_where_only_the_other_frame_clips():
+    rng = np.random.default_rng(2)
+    ref = rng.random((4, 24, 40), dtype=np.float32) * 1.1  # some reference samples clip too
+    alts = rng.random((3, 24, 40, 4), dtype=np.float32) * 1.1
+    out = np.empty((3, 4, 5, 9, 8, 8), np.float32)
+    kernels.windowed_differences(ref, alts, raised_cosine(8), 1.0, out)
+    a = alts.transpose(0, 3, 1, 2)
+    d = np.where((a >= 1.0) & (ref < 1.0), 0.0, ref - a).astype(np.float32)
+    assert np.allclose(out, tiles_of(d, 8) * raised_cosine(8), atol=1e-6)
+    assert (d == 0).any() and (d[(a >= 1.0) & (ref >= 1.0)] != 0).any()
+
+
+def test_wiener_kernels_match_their_numpy_formulas():
+    rng = np.random.default_rng(3)
+    shape = (5, 4, 3, 6, 16, 9)
+    spec = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+    c = rng.uniform(0.1, 4, (4, 3, 6)).astype(np.float32)
+    conf = rng.uniform(0, 1, (5, 3, 6)).astype(np.float32)
+    acc = np.empty(shape[1:], np.complex64)
+    kernels.wiener_sum(spec, c, conf, 1 / 6, acc)
+    cc, conf_ = c[None, ..., None, None], conf[:, None, ..., None, None]
+    want = (spec * (conf_ * cc / (np.abs(spec) ** 2 + cc))).sum(axis=0) / 6
+    assert np.allclose(acc, want, rtol=1e-4, atol=1e-5)
+    ref = (rng.normal(size=shape[1:]) + 1j * rng.normal(size=shape[1:])).astype(np.complex64)
+    c2 = rng.uniform(0.1, 4, (4, 3, 6)).astype(np.float32)
+    m = ref - acc
+    want = m * (np.abs(m) ** 2 / (np.abs(m) ** 2 + c2[..., None, None]))
+    kernels.spatial_shrink(ref, acc, c2)
+    assert np.allclose(ref, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("gain", [1, 4])

@@ -28,7 +28,7 @@ from capture.frame import Frame, PixelFormat, RawMeta
 from engine.burst.align import AlignConfig, Alignment, align
 from engine.burst.finish import FinishConfig, finish
 from engine.burst.lens import LensModel, correct, estimate_lateral_ca, without_lens_opcodes
-from engine.burst.merge import MergeConfig, merge
+from engine.burst.merge import MergeConfig, merge, warm_up
 from engine.burst.raw import (
     BurstError,
     NoiseModel,
@@ -282,6 +282,8 @@ class BurstFusion(Processor):
         self._defects: np.ndarray | None = None
         self._calls = 0
         self.last: FusedBurst | None = None
+        if self.config.merge.method == "wiener":
+            warm_up()  # compile here (the loader's thread), not on the engine's first burst
 
     def enhance(self, frames: Sequence[Frame], timer: StageTimer) -> tuple[np.ndarray, np.ndarray]:
         frames = list(frames)[-self.frames_needed :]

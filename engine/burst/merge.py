@@ -14,8 +14,9 @@
     back to the reference, it does not ghost. conf_z is the alignment's tile confidence.
     optional spatial step: the merged spectrum shrunk once more against its reduced noise.
 
-The tiles' 2-D DFTs are batched real FFTs (scipy.fft, float32, on every core), processed strip by
-strip so the working set stays small.
+The tiles' 2-D DFTs are batched real FFTs (scipy.fft, float32, on every core); the arithmetic
+between them (difference, clip mask, window, gains, sum over frames, overlap-add) runs as fused
+compiled loops (kernels.py). Both go strip by strip so the working set stays small.
 
 `merge_robust` is the simple baseline: a per-pixel weighted average whose weights fall to zero
 where a frame differs from the reference by more than the noise allows (after a 3x3 box, so
@@ -33,6 +34,7 @@ import cv2
 import numpy as np
 import scipy.fft
 
+from engine.burst import kernels
 from engine.burst.align import Alignment
 from engine.burst.raw import SATURATION, NoiseModel
 
@@ -83,9 +85,11 @@ def warp_planes(planes: np.ndarray, flow: np.ndarray, interpolation: str = "cubi
     return warp_rows(planes, flow, rows or slice(0, flow.shape[0]), pad, interpolation)
 
 
-def warp_rows(planes: np.ndarray, flow: np.ndarray, rows: slice, pad: int, interpolation: str = "cubic") -> np.ndarray:
+def warp_rows(planes: np.ndarray, flow: np.ndarray, rows: slice, pad: int, interpolation: str = "cubic",
+              interleaved: bool = False) -> np.ndarray:
     """Rows `rows` of the (4, h, w) planes warped by a flow given on the frame grown by `pad`
-    pixels on every side ((h + 2 pad, w + 2 pad, 2) or larger), -> (4, len(rows), flow width).
+    pixels on every side ((h + 2 pad, w + 2 pad, 2) or larger), -> (4, len(rows), flow width),
+    or (len(rows), flow width, 4) as OpenCV made it when `interleaved`.
 
     The four planes are warped together: only the band of source rows the output reads (rows
     past the top and bottom reflected, as OpenCV's REFLECT_101 would) is interleaved, remapped
@@ -97,14 +101,16 @@ def warp_rows(planes: np.ndarray, flow: np.ndarray, rows: slice, pad: int, inter
     map_y = ys + f[..., 1]
     top = int(np.floor(map_y.min())) - 3
     bottom = int(np.ceil(map_y.max())) + 4
-    idx = np.arange(top, bottom)
     last = planes.shape[1] - 1
-    idx = np.abs(idx)  # reflect (OpenCV's REFLECT_101) at the top...
-    idx = np.where(idx > last, 2 * last - idx, idx).clip(0, last)  # ...and at the bottom
-    src = np.ascontiguousarray(planes[:, idx].transpose(1, 2, 0))
+    if 0 <= top and bottom <= last + 1:
+        band = planes[:, top:bottom]
+    else:
+        idx = np.abs(np.arange(top, bottom))  # reflect (OpenCV's REFLECT_101) at the top...
+        band = planes[:, np.where(idx > last, 2 * last - idx, idx).clip(0, last)]  # ...and at the bottom
+    src = cv2.merge([np.ascontiguousarray(p) for p in band])  # (rows, w, 4) in one vectorised pass
     m1, m2 = cv2.convertMaps(xs + f[..., 0], map_y - top, cv2.CV_16SC2)
     out = cv2.remap(src, m1, m2, _INTERPOLATION[interpolation], borderMode=cv2.BORDER_REFLECT101)
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+    return out if interleaved else np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
 # -- the DFT of windowed tiles ------------------------------------------------------------------
@@ -118,43 +124,17 @@ def raised_cosine(t: int) -> np.ndarray:
     return window
 
 
-def tile_spectra(tiles: np.ndarray, windowed: bool = False) -> np.ndarray:
-    """(..., t, t) float32 real tiles (a strided view is fine) -> (..., t, t/2+1) complex64 half
-    spectra, X[ky, kx] = sum x[y, x] exp(-2 pi i (ky y + kx x) / t), of the raised-cosine-windowed
-    tiles when windowed=True. pocketfft through scipy.fft keeps float32 (numpy's FFT would promote
-    to complex128) and splits the batch over every core."""
-    x = tiles * raised_cosine(tiles.shape[-1]) if windowed else tiles
-    return scipy.fft.rfft2(x, workers=-1)
+def tile_spectra(tiles: np.ndarray, overwrite: bool = False) -> np.ndarray:
+    """(..., t, t) float32 real tiles -> (..., t, t/2+1) complex64 half spectra,
+    X[ky, kx] = sum x[y, x] exp(-2 pi i (ky y + kx x) / t). pocketfft through scipy.fft keeps float32
+    (numpy's FFT would promote to complex128) and splits the batch over every core; `overwrite`
+    lets it use the input as scratch."""
+    return scipy.fft.rfft2(tiles, workers=-1, overwrite_x=overwrite)
 
 
 def tile_inverse(spectra: np.ndarray, t: int) -> np.ndarray:
-    """Inverse of `tile_spectra` (without the window): (..., t, t/2+1) complex -> (..., t, t) float32."""
+    """Inverse of `tile_spectra`: (..., t, t/2+1) complex -> (..., t, t) float32."""
     return scipy.fft.irfft2(spectra, s=(t, t), workers=-1)
-
-
-# -- tiles --------------------------------------------------------------------------------------------
-def _tile_view(img: np.ndarray, t: int) -> np.ndarray:
-    """(..., H, W) with H, W multiples of t/2 -> (..., H/s - 1, W/s - 1, t, t) view of the tiles
-    at stride s = t/2 (no copy)."""
-    s = t // 2
-    *lead, h, w = img.shape
-    st = img.strides
-    shape = (*lead, h // s - 1, w // s - 1, t, t)
-    strides = (*st[:-2], st[-2] * s, st[-1] * s, st[-2], st[-1])
-    return np.lib.stride_tricks.as_strided(img, shape, strides, writeable=False)
-
-
-def _overlap_add(tiles: np.ndarray, t: int) -> np.ndarray:
-    """(..., ny, nx, t, t) tiles at stride s = t/2 -> (..., (ny+1) s, (nx+1) s), their sum."""
-    s = t // 2
-    *lead, ny, nx, _, _ = tiles.shape
-    q = tiles.reshape(*lead, ny, nx, 2, s, 2, s)
-    out = np.zeros((*lead, ny + 1, s, nx + 1, s), np.float32)
-    for a in range(2):
-        for b in range(2):
-            # quadrant (a, b) of tile (j, i) lands on output block (j + a, i + b)
-            out[..., a : a + ny, :, b : b + nx, :] += np.swapaxes(q[..., a, :, b, :], -3, -2)
-    return out.reshape(*lead, (ny + 1) * s, (nx + 1) * s)
 
 
 # -- the merges ----------------------------------------------------------------------------------------
@@ -193,40 +173,51 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
     spatial = cfg.spatial > 0
     f = len(others)
     rows_per = max(1, cfg.strip_rows)
-    for r0 in range(0, ny, rows_per):
-        r1 = min(ny, r0 + rows_per)
-        pix = slice(r0 * s, (r1 + 1) * s)  # padded rows these tile rows cover
-        ref_strip = r_pad[:, pix]
-        diff = np.empty((f, 4) + ref_strip.shape[1:], np.float32)
-        for k, i in enumerate(others):
-            alt = warp_rows(planes[i], flows[k], pix, s, cfg.interpolation)
-            np.subtract(ref_strip, alt, out=diff[k])
-            # A clipped sample says nothing about the scene: let the reference speak there.
-            diff[k][(alt >= SATURATION) & (ref_strip < SATURATION)] = 0.0
-        spec = tile_spectra(_tile_view(diff, t), windowed=True)  # (F, 4, nr, nx, t, t/2+1)
-        # (1 - A_z) = c / (|D_z|^2 + c), times the alignment confidence: c * conf / (|D|^2 + c)
-        c = (cfg.strength * sum_w2 * var_d[:, r0:r1])[None, ..., None, None]  # (1, 4, nr, nx, 1, 1)
-        cc = c * conf[:, None, r0:r1, :, None, None]  # (F, 4, nr, nx, 1, 1)
-        gain = np.abs(spec)
-        np.square(gain, out=gain)
-        gain += c
-        np.divide(cc, gain, out=gain)
-        spec *= gain
-        acc = spec.sum(axis=0)
-        acc /= n
-        if spatial:
-            m = tile_spectra(_tile_view(ref_strip, t), windowed=True)
-            m -= acc
-            # Spatial Wiener on the merged spectrum, against its noise (about var / N).
-            c2 = (cfg.spatial * sum_w2 * var_d[:, r0:r1] / (2.0 * n))[..., None, None]
-            pw = np.abs(m)
-            np.square(pw, out=pw)
-            m *= pw / (pw + c2)
-            correction[:, pix] += _overlap_add(tile_inverse(m, t), t)  # the merged image itself in this mode
-        else:
-            correction[:, pix] += _overlap_add(tile_inverse(acc, t), t)
+    # scratch for one strip, reused by every strip (fresh arrays would page-fault in each time)
+    alts_buf = np.empty(f * (rows_per + 1) * s * wp * 4, np.float32)
+    tiles_buf = np.empty(f * 4 * rows_per * nx * t * t, np.float32)
+    with kernels.LOCK:
+        for r0 in range(0, ny, rows_per):
+            r1 = min(ny, r0 + rows_per)
+            pix = slice(r0 * s, (r1 + 1) * s)  # padded rows these tile rows cover
+            ref_strip = np.ascontiguousarray(r_pad[:, pix])
+            alts = _scratch(alts_buf, (f,) + ref_strip.shape[1:] + (4,))
+            for k, i in enumerate(others):
+                alts[k] = warp_rows(planes[i], flows[k], pix, s, cfg.interpolation, interleaved=True)
+            tiles = _scratch(tiles_buf, (f, 4, r1 - r0, nx, t, t))
+            kernels.windowed_differences(ref_strip, alts, window, SATURATION, tiles)
+            spec = tile_spectra(tiles, overwrite=True)  # (F, 4, nr, nx, t, t/2+1)
+            c = (cfg.strength * sum_w2 * var_d[:, r0:r1]).astype(np.float32)  # (4, nr, nx)
+            acc = np.empty(spec.shape[1:], np.complex64)
+            kernels.wiener_sum(spec, c, np.ascontiguousarray(conf[:, r0:r1]), 1.0 / n, acc)
+            if spatial:
+                m = _scratch(tiles_buf, (4, r1 - r0, nx, t, t))
+                kernels.windowed_tiles(ref_strip, window, m)
+                m = tile_spectra(m, overwrite=True)
+                # Spatial Wiener on the merged spectrum, against its noise (about var / N).
+                c2 = (cfg.spatial * sum_w2 * var_d[:, r0:r1] / (2.0 * n)).astype(np.float32)
+                kernels.spatial_shrink(m, acc, c2)  # m: the merged image itself in this mode
+                acc = m
+            kernels.overlap_add(tile_inverse(acc, t), correction[:, pix])
     merged = correction if spatial else r_pad - correction
     return np.ascontiguousarray(merged[:, s : s + h, s : s + w])
+
+
+def warm_up() -> None:
+    """Compile the Wiener merge's kernels now, on the calling thread (about 5 s the first time on a
+    machine, well under one after that: numba caches them on disk), by merging a tiny burst
+    through the same code path, so the same specialisations are made. A processor calls this
+    when it is made, so the engine thread never stops for a compile."""
+    n, t = 2, 8
+    alignment = Alignment(t, np.zeros((n, 2, 2, 2), np.float32), np.ones((n, 2, 2), np.float32), (2 * t, 2 * t), 0,
+                          "tiles", np.zeros((n, 2, 3), np.float32))
+    planes = np.full((n, 4, 2 * t, 2 * t), 0.25, np.float32)
+    merge_wiener(planes, alignment, NoiseModel((1e-4,) * 4, (1e-6,) * 4), MergeConfig(tile=t))
+
+
+def _scratch(buf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A C-contiguous array of `shape` on the front of the flat scratch buffer `buf`."""
+    return buf[: int(np.prod(shape))].reshape(shape)
 
 
 def _tile_means(img: np.ndarray, t: int) -> np.ndarray:
