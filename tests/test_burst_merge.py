@@ -138,3 +138,39 @@ def test_merge_config_refuses_nonsense():
         MergeConfig(method="median")
     with pytest.raises(ValueError, match="even"):
         MergeConfig(tile=15)
+
+
+def test_merges_from_two_threads_at_once_match_the_one_at_a_time_result():
+    # numba's workqueue threads abort the process if two threads launch kernels together; the
+    # merge's lock must make concurrent merges (the engine and a loader's warm-up) safe and exact.
+    import threading
+
+    bursts = [burst(4, gain=2, size=(128, 96), seed=s) for s in (40, 41)]
+    inputs = [(b.noisy, align(grey(b.noisy), 0, noise_model(b)), noise_model(b)) for b in bursts]
+    alone = [merge(*x) for x in inputs]
+    together: dict[int, np.ndarray] = {}
+    threads = [threading.Thread(target=lambda k=k: together.__setitem__(k, [merge(*inputs[k]) for _ in range(3)]))
+               for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for k in range(2):
+        for out in together[k]:
+            assert np.array_equal(out, alone[k])
+
+
+def test_burst_fusion_compiles_the_merge_kernels_when_it_is_made():
+    # in a fresh interpreter: in this one earlier tests have compiled them already
+    import subprocess
+    import sys
+
+    code = ("from engine.burst import kernels\n"
+            "from engine.burst.fusion import BurstFusion\n"
+            "names = ['windowed_differences', 'windowed_tiles', 'wiener_sum', 'spatial_shrink', 'overlap_add']\n"
+            "before = [n for n in names if getattr(kernels, n).signatures]\n"
+            "BurstFusion(4)\n"
+            "after = [n for n in names if getattr(kernels, n).signatures]\n"
+            "print(len(before), len(after))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split() == ["0", "5"], out.stdout + out.stderr

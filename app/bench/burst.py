@@ -336,14 +336,15 @@ def report_sections(quality, ghosts, speed_640, peak_640, big, live, gains, args
              f"{speed_640['align tiles']['cpu_ms']:.0f} ms CPU); align + merge <= 50 ms (measured "
              f"{align_ms + merge_ms:.0f} ms wall, {speed_640['align tiles']['cpu_ms'] + speed_640['merge Wiener']['cpu_ms']:.0f} ms CPU). "
              f"Peak resident memory of the benchmark process after the 640x480 runs: {peak_640:.0f} MiB.")
-    body += ("\n\nWhere the time goes (a separate profile of the Wiener merge on this machine, 8 x 640x480): the "
-             "forward FFTs of the windowed tiles about 40% (7 frames x 4 planes x 1271 half-overlapping 16x16 tiles "
-             "= 9 M samples, batched float32 FFTs through scipy.fft on both cores, plus the windowing copy), the "
-             "bicubic warps of the 7 frames about a quarter, the Wiener gains and the sum over frames about a fifth, "
-             "the spatial step, inverse FFTs and overlap-add the rest. Every sample is touched a few times by numpy "
-             "passes that each go through memory; reaching 50 ms needs those fused into one compiled kernel per "
-             "tile (Halide, as HDR+ uses, or numba/C), or less tile overlap. The robust average (no DFT) is the "
-             "fast fallback at the quality shown above.")
+    body += ("\n\nWhere the time goes (a separate cProfile of the Wiener merge on this machine, 8 x 640x480, about "
+             "100 ms): the forward FFTs of the windowed tiles about 27% (7 frames x 4 planes x 1271 half-overlapping "
+             "16x16 tiles = 9 M samples, batched float32 FFTs through scipy.fft on both cores), the bicubic warps of "
+             "the 7 frames about a fifth, the fused difference, clip-mask and window kernel 15%, the fused Wiener "
+             "gains and sum over frames 11%, the spatial step, inverse FFTs and overlap-add most of the rest. The "
+             "arithmetic between the FFTs runs as fused numba loops (engine/burst/kernels.py); as numpy passes it "
+             "was 60% of a 165 ms merge. The forward FFTs and the warps alone take about 45 ms, so align + merge in "
+             "50 ms is out of reach on 2 cores with this merge; FFTW (pyFFTW) did the same FFTs in half the time "
+             "here, but it is GPL. The robust average (no DFT) is the fast fallback at the quality shown above.")
     sections.append(("Speed at 640x480", body))
     if big:
         rows = [[k, f"{v['wall_ms']:.0f}", f"{v['cpu_ms']:.0f}"] for k, v in big["stages"].items()]
