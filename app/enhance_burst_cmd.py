@@ -95,7 +95,7 @@ def enhance_burst(args: argparse.Namespace) -> str:
 
     from engine.burst.align import AlignConfig
     from engine.burst.fusion import BurstConfig, fuse_burst, merged_frame
-    from engine.burst.merge import MergeConfig
+    from engine.burst.merge import MergeConfig, warm_up
     from engine.burst.raw import BurstError
     from engine.processor import ProcessingError, StageTimer
 
@@ -126,6 +126,11 @@ def enhance_burst(args: argparse.Namespace) -> str:
     except ValueError as exc:
         raise BurstCommandError(str(exc)) from exc
     timer = StageTimer()
+    if cfg.merge.method == "wiener":
+        with timer.stage("first-run compile"):  # numba's, once per machine (cached after): kept out of "merge"
+            warm_up()
+        if timer.stages["first-run compile"] < 1000.0:
+            del timer.stages["first-run compile"]
     try:
         fused = fuse_burst(frames, cfg, timer)
     except (BurstError, ProcessingError) as exc:
