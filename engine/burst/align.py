@@ -21,12 +21,12 @@ Both report a per-tile confidence: the low-passed residual of the aligned frame 
 reference, compared with what the noise model says a perfect match leaves (1: as good as noise
 allows; towards 0: does not match, because of motion, occlusion or a failed alignment).
 
-Why not a learned flow: RAFT is the learned reference for optical flow, but on a CPU it costs
-about 1.4 s per 640x480 frame pair for raft_small (a figure quoted from the literature and the
-project's issue, not measured here: the engine runs no torch and has no RAFT weights), i.e. ~10 s
-for the 7 pairs of an 8-frame burst, which rules it out for live use. On the synthetic bursts of
-`eyefuse bench burst` the tile aligner reaches a mean end-point error below 0.1 px at gain 1, where
-DIS is about 0.3 px (benchmarks/results/burst.md).
+Why not a learned flow: RAFT is the learned reference for optical flow, but on this CPU RAFT-small
+(trainers/models/raft.py, timed by `eyefuse bench burst`) takes about 2.2 s per 640x480 frame pair
+and 0.5 s at the 320x240 planes this aligner works on, i.e. 4-15 s for the 7 pairs of an 8-frame
+burst, which rules it out for live use. On the synthetic bursts of the same benchmark the tile
+aligner reaches a mean end-point error below 0.1 px at gain 1, where DIS is about 0.3 px
+(benchmarks/results/burst.md).
 
 Flow convention: other(x + flow(x)) shows what reference(x) shows.
 """
