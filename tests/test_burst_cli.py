@@ -3,7 +3,6 @@ import time
 
 import cv2
 import numpy as np
-import pytest
 import rawpy
 
 from app.cli import main

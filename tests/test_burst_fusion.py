@@ -136,7 +136,7 @@ def test_burst_fusion_process_returns_before_and_after_pictures():
 def test_burst_fusion_runs_in_the_engine_on_the_simulated_bayer_camera(no_leaked_threads):
     from capture.ring_buffer import RingBuffer
     from capture.sources import SourceOptions, open_source
-    from capture.worker import CaptureWorker, wait_until
+    from capture.worker import CaptureWorker
     from engine.worker import EngineWorker
 
     ring = RingBuffer(16)

@@ -10,7 +10,7 @@ from capture.frame import PixelFormat
 from capture.ring_buffer import RingBuffer
 from capture.source import Source, SourceInfo
 from capture.video_file import VideoFileConfig, VideoFileSource
-from capture.worker import CaptureState, CaptureWorker, RetryPolicy, wait_until
+from capture.worker import CaptureState, CaptureWorker, RetryPolicy
 from tests.conftest import make_bgr_frame
 
 FAST_RETRY = RetryPolicy(initial_s=0.01, max_s=0.05)

@@ -6,7 +6,7 @@ import pytest
 
 from app.cli import main
 from capture.errors import SourceInvalid
-from capture.sources import SourceOptions, open_source, parse_mode
+from capture.sources import open_source, parse_mode
 from capture.video_file import VideoFileSource
 from tests.test_capture_worker import _write_video
 

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine.manifest import load_manifest  # noqa: E402
-from trainers.checkpoints import CheckpointMismatch, load_checkpoint  # noqa: E402
+from trainers.checkpoints import load_checkpoint  # noqa: E402
 from trainers.models.nafnet import NAFNet  # noqa: E402
 from trainers.models.nafssr import NAFSSR  # noqa: E402
 from trainers.teacher_tasks import TASKS  # noqa: E402

@@ -25,7 +25,6 @@ import argparse
 import csv
 import math
 import os
-import random
 import shlex
 import sys
 import time
@@ -39,7 +38,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from trainers.degradations import (WEBCAM_NOISE_LEVELS, WebcamDegradation, WebcamParams, degrade_webcam,
+from trainers.degradations import (WebcamDegradation, degrade_webcam,
                                    random_crop, sample_webcam_params)
 from trainers.models.student import base_filter_of, build, macs_per_input_pixel
 
