@@ -93,8 +93,8 @@ def enhance_burst(args: argparse.Namespace) -> str:
     BurstCommandError with a message for the user."""
 
     from engine.burst.align import AlignConfig
-    from engine.burst.fusion import BurstConfig, fuse_burst, merged_frame
-    from engine.burst.merge import MergeConfig, warm_up
+    from engine.burst.fusion import BurstConfig, fuse_burst, merged_frame, prepare_kernels
+    from engine.burst.merge import MergeConfig
     from engine.burst.raw import BurstError
     from engine.processor import ProcessingError, StageTimer
 
@@ -125,11 +125,10 @@ def enhance_burst(args: argparse.Namespace) -> str:
     except ValueError as exc:
         raise BurstCommandError(str(exc)) from exc
     timer = StageTimer()
-    if cfg.merge.method == "wiener":
-        with timer.stage("first-run compile"):  # numba's, once per machine (cached after): kept out of "merge"
-            warm_up()
-        if timer.stages["first-run compile"] < 1000.0:
-            del timer.stages["first-run compile"]
+    with timer.stage("first-run compile"):  # numba's, once per machine (cached after): kept out of the stages
+        prepare_kernels(cfg)
+    if timer.stages["first-run compile"] < 1000.0:
+        del timer.stages["first-run compile"]
     try:
         fused = fuse_burst(frames, cfg, timer)
     except (BurstError, ProcessingError) as exc:

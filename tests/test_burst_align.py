@@ -100,3 +100,58 @@ def test_upsampled_flow_reproduces_an_affine_field_exactly():
     ys, xs = np.mgrid[0 : ny * tile, 0 : nx * tile]
     want = np.stack([0.01 * xs - 0.02 * ys + 1.5, 0.03 * xs + 0.5], axis=-1)
     assert np.abs(dense - want).max() < 1e-3
+
+
+def _opencv_warp(frame, model, resid, tile):
+    """The frame warped by affine model + per-tile flow with OpenCV (what the kernels fuse)."""
+    import cv2
+
+    h, w = frame.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    per_pixel = np.repeat(np.repeat(resid, tile, axis=0), tile, axis=1)
+    mx = xs + model[0, 0] * xs + model[0, 1] * ys + model[0, 2] + per_pixel[..., 0]
+    my = ys + model[1, 0] * xs + model[1, 1] * ys + model[1, 2] + per_pixel[..., 1]
+    return cv2.remap(frame, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+
+
+def test_warped_tile_sums_match_an_opencv_remap_including_reflected_borders():
+    import cv2
+
+    from engine.burst import kernels
+
+    rng = np.random.default_rng(7)
+    f, tile, ny, nx = 3, 8, 5, 6
+    h, w = ny * tile, nx * tile
+    alt = cv2.GaussianBlur(rng.random((f * h, w), dtype=np.float32), (0, 0), 1.5).reshape(f, h, w)
+    ref, gx, gy = (rng.random((h, w), dtype=np.float32) for _ in range(3))
+    model = np.array([[[0.01, -0.02, 3.5], [0.02, 0.01, -2.25]]] * f, np.float32)  # reaches past every edge
+    resid = rng.uniform(-1.5, 1.5, (f, ny, nx, 2)).astype(np.float32)
+    out = np.empty((f, ny, nx, 3), np.float32)
+    diff = np.empty((f, h, w), np.float32)
+    kernels.warped_tile_sums(alt, ref, gx, gy, model, resid, tile, out, diff)
+    for k in range(f):
+        d = _opencv_warp(alt[k], model[k], resid[k], tile) - ref
+        assert np.allclose(diff[k], d, atol=2e-4)
+        for c, g in enumerate((gx * d, gy * d, d * d)):
+            want = g.reshape(ny, tile, nx, tile).sum(axis=(1, 3))
+            assert np.allclose(out[k, ..., c], want, rtol=1e-3, atol=2e-3)
+
+
+def test_shifted_tile_ssd_finds_the_whole_pixel_step_that_matches():
+    from engine.burst import kernels
+
+    rng = np.random.default_rng(8)
+    tile, ny, nx = 8, 4, 5
+    scene = rng.random((ny * tile + 10, nx * tile + 10), dtype=np.float32)
+    ref = np.ascontiguousarray(scene[5:-5, 5:-5])
+    alt = np.ascontiguousarray(scene[4:-6, 6:-4])[None]  # alt(x - 1, y + 1) = ref(x, y)
+    model = np.zeros((1, 2, 3), np.float32)
+    resid = np.zeros((1, ny, nx, 2), np.float32)
+    ssd = np.empty((1, ny, nx, 9), np.float32)
+    kernels.shifted_tile_ssd(alt, ref, model, resid, tile, ssd)
+    inner = ssd[0, 1:-1, 1:-1]  # away from the reflected borders
+    assert (inner.argmin(axis=-1) == 3 * 2 + 0).all()  # the step dy = +1, dx = -1
+    assert np.allclose(inner.min(axis=-1), 0.0, atol=1e-6)
+    sums = np.empty((1, ny, nx, 3), np.float32)
+    kernels.warped_tile_sums(alt, ref, ref, ref, model, resid, tile, sums, np.empty((0, 1, 1), np.float32))
+    assert np.allclose(ssd[0, ..., 4], sums[0, ..., 2], rtol=1e-5)  # no step: the plain warp's sum

@@ -160,17 +160,18 @@ def test_merges_from_two_threads_at_once_match_the_one_at_a_time_result():
             assert np.array_equal(out, alone[k])
 
 
-def test_burst_fusion_compiles_the_merge_kernels_when_it_is_made():
+def test_burst_fusion_compiles_its_kernels_when_it_is_made():
     # in a fresh interpreter: in this one earlier tests have compiled them already
     import subprocess
     import sys
 
     code = ("from engine.burst import kernels\n"
             "from engine.burst.fusion import BurstFusion\n"
-            "names = ['windowed_differences', 'windowed_tiles', 'wiener_sum', 'spatial_shrink', 'overlap_add']\n"
+            "names = ['windowed_differences', 'windowed_tiles', 'wiener_sum', 'spatial_shrink', 'overlap_add',\n"
+            "         'warped_tile_sums', 'shifted_tile_ssd']\n"
             "before = [n for n in names if getattr(kernels, n).signatures]\n"
             "BurstFusion(4)\n"
             "after = [n for n in names if getattr(kernels, n).signatures]\n"
             "print(len(before), len(after))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
-    assert out.stdout.split() == ["0", "5"], out.stdout + out.stderr
+    assert out.stdout.split() == ["0", "7"], out.stdout + out.stderr

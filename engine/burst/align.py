@@ -13,6 +13,7 @@ pixels). Two aligners give the same `Alignment`:
         part of its flow the model does not explain *and* that is significant against its noise
     each finer level: model and residuals carried down (x2), a noise-gated integer +-1 re-search,
         then Lucas-Kanade (Gauss-Newton) steps on every tile of every frame at once
+Every warp and its per-tile sums run as one compiled loop over all frames (kernels.py).
 So a static scene is aligned by its affine model (exact for handheld translation + rotation, and
 right across flat sky or walls), while a moving object keeps its own tile flow.
 `align_dis`: OpenCV's DIS optical flow on the gamma-encoded 8-bit grey images (dense).
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from engine.burst import kernels
 from engine.burst.raw import NoiseModel
 
 
@@ -259,8 +261,9 @@ class _Level:
 def align_tiles(grey: np.ndarray, ref: int, noise: NoiseModel, cfg: AlignConfig = AlignConfig()) -> Alignment:
     """(N, h, w) float32 grey images of a burst -> Alignment of every frame to frames[ref].
 
-    All frames and all tiles of a level are processed together; Python loops run over levels,
-    search offsets, Gauss-Newton steps and frames (for OpenCV's remap) only.
+    All frames and all tiles of a level are processed together: each warp with its per-tile sums
+    is one compiled loop over every frame (kernels.py); Python loops run over levels, search
+    offsets and Gauss-Newton steps only.
     """
     n, h, w = grey.shape
     others = [i for i in range(n) if i != ref]
@@ -285,24 +288,21 @@ def align_tiles(grey: np.ndarray, ref: int, noise: NoiseModel, cfg: AlignConfig 
             model = model.copy()
             model[:, :, 2] *= 2.0  # x_l = 2 x_(l+1): the linear part is scale-free, the offset doubles
             resid = 2.0 * _resample_tiles(resid, prev, L)
-            base = [_affine_map(model[k], *L.ref.shape) for k in range(len(others))]
             if lvl > 0:
-                resid = _integer_refine(L, base, resid)
+                resid = _integer_refine(L, model, resid)
             # the difference left at the tile's own flow, measured by the last Gauss-Newton step
-            resid, spread, conf = _lucas_kanade(L, base, resid, max(cfg.lk_iterations, 1), noise if lvl == 0 else None)
+            resid, spread, conf = _lucas_kanade(L, model, resid, max(cfg.lk_iterations, 1), noise if lvl == 0 else None)
             total = affine_at_stack(model, L.centres) + resid
         weight = L.reliability()
         model = _fit_affine(L.centres, total, weight) if cfg.global_model else np.zeros((len(others), 2, 3), np.float32)
         resid = total - affine_at_stack(model, L.centres)
-        base = [_affine_map(model[k], *L.ref.shape) for k in range(len(others))]
         if spread is None:
-            spread = _tile_ssd(L, base, resid)
-        resid = _significant(resid, L, spread, _tile_ssd(L, base, None), weight)
+            spread = _tile_ssd(L, model, resid)
+        resid = _significant(resid, L, spread, _tile_ssd(L, model, None), weight)
         prev = L
     L = prev
     if top == 0:  # a single level: no Lucas-Kanade pass made the confidence
-        base = [_affine_map(model[k], *L.ref.shape) for k in range(len(others))]
-        conf = _lucas_kanade(L, base, resid, 0, noise)[2]
+        conf = _lucas_kanade(L, model, resid, 0, noise)[2]
     for k, i in enumerate(others):
         flow_out[i] = (affine_at(model[k], L.centres) + resid[k])[:ny, :nx]
         aff_out[i] = model[k]
@@ -313,15 +313,6 @@ def align_tiles(grey: np.ndarray, ref: int, noise: NoiseModel, cfg: AlignConfig 
 def affine_at_stack(models: np.ndarray, pts: np.ndarray) -> np.ndarray:
     """(F, 2, 3) models at (ny, nx, 2) points -> (F, ny, nx, 2)."""
     return np.einsum("yxj,fij->fyxi", pts, models[:, :, :2]) + models[:, None, None, :, 2]
-
-
-def _affine_map(a: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """The remap maps (x + model flow) as two (h, w) float32 arrays (one pass each: the map of
-    an affine model is a row vector plus a column vector)."""
-    x, y = np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)
-    mx = np.add.outer(a[0, 1] * y + a[0, 2], (1.0 + a[0, 0]) * x).astype(np.float32, copy=False)
-    my = np.add.outer((1.0 + a[1, 1]) * y + a[1, 2], a[1, 0] * x).astype(np.float32, copy=False)
-    return mx, my
 
 
 def _coarse_search(ref: np.ndarray, alt: np.ndarray, tile: int, radius: int) -> np.ndarray:
@@ -371,45 +362,47 @@ def _resample_tiles(resid: np.ndarray, coarse: _Level, fine: _Level) -> np.ndarr
                      for r in resid])
 
 
-def _tile_map(values: np.ndarray, tile: int) -> np.ndarray:
-    """(ny, nx, 2) per-tile values -> (ny*tile, nx*tile, 2), constant over each tile."""
-    ny, nx = values.shape[:2]
-    return cv2.resize(np.ascontiguousarray(values, np.float32), (nx * tile, ny * tile), interpolation=cv2.INTER_NEAREST)
+def _warp_sums(L: "_Level", frames: np.ndarray, ref: np.ndarray, model: np.ndarray, resid: np.ndarray | None,
+               diff: np.ndarray | None = None) -> np.ndarray:
+    """(F, ny, nx, 3) per-tile means of gx d, gy d and d^2, d = frame warped by model + resid - ref
+    (kernels.warped_tile_sums; resid None: the model alone). `diff`, if given, receives d."""
+    f = frames.shape[0]
+    r = np.zeros((f,) + L.valid.shape + (2,), np.float32) if resid is None else np.ascontiguousarray(resid, np.float32)
+    out = np.empty((f,) + L.valid.shape + (3,), np.float32)
+    with kernels.LOCK:
+        kernels.warped_tile_sums(frames, ref, L.gx, L.gy, np.ascontiguousarray(model, np.float32), r, L.tile, out,
+                                 _NO_DIFF if diff is None else diff)
+    out /= L.tile * L.tile
+    return out
 
 
-def _integer_refine(L: _Level, base: list, resid: np.ndarray) -> np.ndarray:
+_NO_DIFF = np.empty((0, 1, 1), np.float32)
+
+
+def _integer_refine(L: _Level, model: np.ndarray, resid: np.ndarray) -> np.ndarray:
     """Re-search +-1 pixel around each tile's flow, so a tile whose coarse guess was off by a pixel
-    still lands in Lucas-Kanade's basin. One warp per frame; the eight neighbours are read from
-    it shifted by a pixel (at tile edges that borrows the next tile's warp, a fine approximation
-    for a search). A move is taken only if it lowers the tile's SSD by more than a quarter of what
-    noise alone leaves, so flat tiles do not wander."""
-    resid = resid.copy()
+    still lands in Lucas-Kanade's basin (kernels.shifted_tile_ssd: nine sums of squared differences
+    per tile from one warped patch). A move is taken only if it lowers the tile's mean squared
+    difference by more than a quarter of what noise alone leaves, so flat tiles do not wander."""
+    resid = np.ascontiguousarray(resid, np.float32).copy()
     tile = L.tile
-    hh, ww = L.ref.shape
-    r = L.ref
     gate = max(0.25, 3.0 * np.sqrt(2.0 / (tile * tile))) * 2.0 * L.noise_var
-    for k in range(L.alt.shape[0]):
-        m = _tile_map(resid[k], tile)
-        warped = cv2.remap(L.alt[k], base[k][0] + m[..., 0], base[k][1] + m[..., 1], cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_REFLECT101)
-        wp = cv2.copyMakeBorder(warped, 1, 1, 1, 1, cv2.BORDER_REFLECT101)
-        ssd = np.empty((9,) + L.valid.shape, np.float32)
-        for j in range(9):
-            dy, dx = divmod(j, 3)
-            d = wp[dy : dy + hh, dx : dx + ww] - r
-            ssd[j] = tile_means(d * d, tile)
-        best = ssd.argmin(axis=0)
-        gain = ssd[4] - np.take_along_axis(ssd, best[None], 0)[0]
-        move = gain > gate
-        by, bx = np.divmod(best, 3)
-        resid[k, ..., 0] += np.where(move, bx - 1, 0)
-        resid[k, ..., 1] += np.where(move, by - 1, 0)
+    ssd = np.empty(resid.shape[:3] + (9,), np.float32)
+    with kernels.LOCK:
+        kernels.shifted_tile_ssd(L.alt, L.ref, np.ascontiguousarray(model, np.float32), resid, tile, ssd)
+    ssd /= tile * tile
+    best = ssd.argmin(axis=-1)
+    gain = ssd[..., 4] - np.take_along_axis(ssd, best[..., None], -1)[..., 0]
+    move = gain > gate
+    by, bx = np.divmod(best, 3)
+    resid[..., 0] += np.where(move, bx - 1, 0)
+    resid[..., 1] += np.where(move, by - 1, 0)
     return resid
 
 
-def _lucas_kanade(L: _Level, base: list, resid: np.ndarray, iterations: int,
+def _lucas_kanade(L: _Level, model: np.ndarray, resid: np.ndarray, iterations: int,
                   noise: NoiseModel | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Gauss-Newton steps on each tile's residual translation, all tiles at once (per frame).
+    """Gauss-Newton steps on each tile's residual translation, all tiles of all frames at once.
 
     The normal equations use the smoothed reference's gradients (the same for every frame and
     step); a ridge of a few noise variances keeps flat tiles from jumping; steps are capped at one
@@ -417,35 +410,32 @@ def _lucas_kanade(L: _Level, base: list, resid: np.ndarray, iterations: int,
     warp (F, ny, nx), and, when `noise` is given, the per-tile confidence from that difference).
     With iterations=0 only the difference (and confidence) at the given flows is measured.
     """
-    tile = L.tile
     ridge = 0.05 * L.noise_var
     sxx, syy, sxy = L.sxx + ridge, L.syy + ridge, L.sxy
     det = sxx * syy - sxy * sxy
-    rs = L.ref_s
-    resid = resid.copy()
+    resid = np.ascontiguousarray(resid, np.float32).copy()
     f = L.alt.shape[0]
-    spread = np.empty((f,) + L.valid.shape, np.float32)
-    conf = np.empty((f,) + L.valid.shape, np.float32) if noise is not None else None
-    expected = 2.0 * L.noise_var * _gauss_noise(np.hypot(_LK_SIGMA, _LOWPASS_SIGMA)) if noise is not None else None
-    for k in range(f):
-        alt_s = L.alt_s[k]
-        for step in range(max(iterations, 1)):
-            m = _tile_map(resid[k], tile)
-            warped = cv2.remap(alt_s, base[k][0] + m[..., 0], base[k][1] + m[..., 1], _LK_INTERP,
-                               borderMode=cv2.BORDER_REFLECT101)
-            it = warped - rs
-            if step == max(iterations, 1) - 1:
-                spread[k] = tile_means(it * it, tile)
-                if noise is not None:
-                    low = cv2.GaussianBlur(it, (0, 0), _LOWPASS_SIGMA)
-                    conf[k] = confidence_from_residual(tile_means(low * low, tile), expected)
-            if iterations == 0:
-                break
-            bx, by = tile_means(L.gx * it, tile), tile_means(L.gy * it, tile)
-            du = -(syy * bx - sxy * by) / det
-            dv = -(sxx * by - sxy * bx) / det
-            resid[k, ..., 0] += np.clip(du, -1.0, 1.0)
-            resid[k, ..., 1] += np.clip(dv, -1.0, 1.0)
+    conf = None
+    steps = max(iterations, 1)
+    for step in range(steps):
+        last = step == steps - 1
+        diff = np.empty_like(L.alt_s) if last and noise is not None else None
+        sums = _warp_sums(L, L.alt_s, L.ref_s, model, resid, diff)
+        if last:
+            spread = sums[..., 2].copy()
+            if noise is not None:
+                expected = 2.0 * L.noise_var * _gauss_noise(np.hypot(_LK_SIGMA, _LOWPASS_SIGMA))
+                conf = np.empty((f,) + L.valid.shape, np.float32)
+                for k in range(f):
+                    low = cv2.GaussianBlur(diff[k], (0, 0), _LOWPASS_SIGMA)
+                    conf[k] = confidence_from_residual(tile_means(low * low, L.tile), expected)
+        if iterations == 0:
+            break
+        bx, by = sums[..., 0], sums[..., 1]
+        du = -(syy * bx - sxy * by) / det
+        dv = -(sxx * by - sxy * bx) / det
+        resid[..., 0] += np.clip(du, -1.0, 1.0)
+        resid[..., 1] += np.clip(dv, -1.0, 1.0)
     return resid, spread, conf
 
 
@@ -455,7 +445,6 @@ def _gauss_noise(sigma: float) -> float:
 
 
 _LK_SIGMA = 0.8
-_LK_INTERP = cv2.INTER_LINEAR
 
 
 def _fit_affine(centres: np.ndarray, flow: np.ndarray, weight: np.ndarray, iterations: int = 4) -> np.ndarray:
@@ -487,19 +476,10 @@ def _fit_affine(centres: np.ndarray, flow: np.ndarray, weight: np.ndarray, itera
     return a.astype(np.float32)
 
 
-def _tile_ssd(L: _Level, base: list, resid: np.ndarray | None) -> np.ndarray:
+def _tile_ssd(L: _Level, model: np.ndarray, resid: np.ndarray | None) -> np.ndarray:
     """(F, ny, nx) mean squared difference per tile between the smoothed reference and each
-    smoothed frame warped by its model (`base` maps) plus the per-tile residual (None: zero)."""
-    out = np.empty((L.alt.shape[0],) + L.valid.shape, np.float32)
-    for k in range(L.alt.shape[0]):
-        mx, my = base[k]
-        if resid is not None:
-            m = _tile_map(resid[k], L.tile)
-            mx, my = mx + m[..., 0], my + m[..., 1]
-        warped = cv2.remap(L.alt_s[k], mx, my, _LK_INTERP, borderMode=cv2.BORDER_REFLECT101)
-        d = warped - L.ref_s
-        out[k] = tile_means(d * d, L.tile)
-    return out
+    smoothed frame warped by its model plus the per-tile residual (None: zero)."""
+    return _warp_sums(L, L.alt_s, L.ref_s, model, resid)[..., 2].copy()
 
 
 def _significant(resid: np.ndarray, L: _Level, spread: np.ndarray, model_spread: np.ndarray,
@@ -552,6 +532,15 @@ def align_dis(grey: np.ndarray, ref: int, noise: NoiseModel, cfg: AlignConfig = 
         aligned = np.ascontiguousarray(warp(grey[i], dense[i])[:hh, :ww])
         conf[i] = tile_confidence(r_crop, aligned, noise, tile)
     return Alignment(tile, flow_t, conf, (h, w), ref, "dis", None, dense)
+
+
+def warm_up() -> None:
+    """Compile the tile aligner's kernels now, on the calling thread (a few seconds the first time
+    on a machine, well under one after that: numba caches them on disk), by aligning a tiny burst
+    through the same code path, so the same specialisations are made."""
+    rng = np.random.default_rng(0)
+    grey = cv2.GaussianBlur(rng.random((2 * 64, 64), dtype=np.float32), (0, 0), 2.0).reshape(2, 64, 64)
+    align_tiles(np.ascontiguousarray(grey), 0, NoiseModel((1e-4,) * 4, (1e-6,) * 4))
 
 
 def align(grey: np.ndarray, ref: int, noise: NoiseModel, cfg: AlignConfig = AlignConfig()) -> Alignment:

@@ -28,7 +28,9 @@ from capture.frame import Frame, PixelFormat, RawMeta
 from engine.burst.align import AlignConfig, Alignment, align
 from engine.burst.finish import FinishConfig, finish
 from engine.burst.lens import LensModel, correct, estimate_lateral_ca, without_lens_opcodes
-from engine.burst.merge import MergeConfig, merge, warm_up
+from engine.burst import align as align_stage
+from engine.burst import merge as merge_stage
+from engine.burst.merge import MergeConfig, merge
 from engine.burst.raw import (
     BurstError,
     NoiseModel,
@@ -108,6 +110,15 @@ class FusedBurst:
         if self._noise_out is None:
             self._noise_out = self.noise if self.alignment is None else merged_noise(self.ref_planes, self.planes, self.noise)
         return self._noise_out
+
+
+def prepare_kernels(cfg: BurstConfig) -> None:
+    """Compile (or load from numba's cache) the compiled loops `cfg`'s aligner and merge use, on
+    the calling thread, so a later burst does not stop for it."""
+    if cfg.align.method == "tiles":
+        align_stage.warm_up()
+    if cfg.merge.method == "wiener":
+        merge_stage.warm_up()
 
 
 def reference_index(n: int, reference: str | int) -> int:
@@ -282,8 +293,7 @@ class BurstFusion(Processor):
         self._defects: np.ndarray | None = None
         self._calls = 0
         self.last: FusedBurst | None = None
-        if self.config.merge.method == "wiener":
-            warm_up()  # compile here (the loader's thread), not on the engine's first burst
+        prepare_kernels(self.config)  # compile here (the loader's thread), not on the engine's first burst
 
     def enhance(self, frames: Sequence[Frame], timer: StageTimer) -> tuple[np.ndarray, np.ndarray]:
         frames = list(frames)[-self.frames_needed :]

@@ -1,10 +1,13 @@
-"""Compiled inner loops of the Wiener merge (numba): one pass where numpy needs several.
+"""Compiled inner loops of the burst path (numba): one pass where numpy and OpenCV need several.
 
-The merge's arithmetic between the FFTs is elementwise over small (16 x 16 or 16 x 9) tiles; numpy
+Merge: the arithmetic between the FFTs is elementwise over small (16 x 16 or 16 x 9) tiles; numpy
 runs each step (difference, clip mask, window, |D|^2, gain, product, sum over frames) as its own
 pass through memory with inner loops of 16 elements, which cost more than the FFTs themselves.
+Align: every Lucas-Kanade step and tile test warps each frame by its affine model plus its tiles'
+own flows and sums products per tile; as OpenCV calls that is an affine map, a tile map, a remap,
+and three products with three area resizes per frame, most of them tiny at the coarse levels.
 These kernels fuse each chain into one loop per tile, over both cores. Their results equal the
-numpy expressions in their docstrings up to float32 rounding (tests/test_burst_merge.py checks).
+numpy/OpenCV expressions in their docstrings up to float32 rounding (tests check).
 
 Compiled on first use (about 5 s) and cached beside this file (`cache=True`), so later runs and
 processes load them in well under a second.
@@ -139,3 +142,120 @@ def overlap_add(tiles: np.ndarray, out: np.ndarray) -> None:
                 for y in range(t):
                     for x in range(t):
                         out[p, s * j + y, s * i + x] += tiles[p, j, i, y, x]
+
+
+# -- alignment ---------------------------------------------------------------------------------------
+@njit(inline="always")
+def _reflect(i: int, n: int) -> int:
+    """Index i folded into 0..n-1 as OpenCV's BORDER_REFLECT_101 does (one fold, then clamped)."""
+    if i < 0:
+        i = -i
+    if i > n - 1:
+        i = 2 * (n - 1) - i
+    return min(max(i, 0), n - 1)
+
+
+@njit(inline="always", fastmath=True)
+def _bilinear(img: np.ndarray, sx: float, sy: float, inside: bool) -> float:
+    """(H, W) img sampled at (sx, sy), bilinear; borders reflected unless the caller knows the
+    point and its right and lower neighbours are inside."""
+    fx, fy = np.floor(sx), np.floor(sy)
+    x0, y0 = int(fx), int(fy)
+    ax, ay = sx - fx, sy - fy
+    x1, y1 = x0 + 1, y0 + 1
+    if not inside:
+        h, w = img.shape
+        x0, x1, y0, y1 = _reflect(x0, w), _reflect(x1, w), _reflect(y0, h), _reflect(y1, h)
+    top = img[y0, x0] + ax * (img[y0, x1] - img[y0, x0])
+    bottom = img[y1, x0] + ax * (img[y1, x1] - img[y1, x0])
+    return top + ay * (bottom - top)
+
+
+@njit(inline="always")
+def _row_inside(sx0: float, sx1: float, sy0: float, sy1: float, h: int, w: int) -> bool:
+    """Whether samples along a row from (sx0, sy0) to (sx1, sy1) (an affine map: a straight
+    segment) all have their bilinear neighbours inside an (h, w) image, so no border is needed."""
+    return min(sx0, sx1) >= 0 and min(sy0, sy1) >= 0 and max(sx0, sx1) < w - 1 and max(sy0, sy1) < h - 1
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def warped_tile_sums(alt: np.ndarray, ref: np.ndarray, gx: np.ndarray, gy: np.ndarray, model: np.ndarray,
+                     resid: np.ndarray, tile: int, out: np.ndarray, diff: np.ndarray) -> None:
+    """Each frame warped onto the reference by its affine model plus its tiles' own flows, and per
+    tile the sums Lucas-Kanade and the tile tests need, in one pass.
+
+    alt: (F, H, W) float32 frames. ref, gx, gy: (H, W) float32 the reference and its gradients,
+    H = ny tile, W = nx tile. model: (F, 2, 3) float32 affine flow, flow(x, y) = model @ (x, y, 1).
+    resid: (F, ny, nx, 2) float32 per-tile flow on top of it. out: (F, ny, nx, 3) float32, per tile
+        sum(gx d), sum(gy d), sum(d^2)   with d = alt(x + flow(x)) - ref(x),
+    alt sampled bilinearly with reflected borders, as OpenCV's remap(INTER_LINEAR, REFLECT_101).
+    diff: (F, H, W) float32 that receives d itself, or a (0, 1, 1) array for none.
+    """
+    f_n, ny, nx = resid.shape[0], resid.shape[1], resid.shape[2]
+    h, w = alt.shape[1], alt.shape[2]
+    keep = diff.shape[0] > 0
+    one = np.float32(1.0)
+    for job in prange(f_n * ny):
+        f = job // ny
+        j = job % ny
+        img = alt[f]
+        a00, a01, a02 = one + model[f, 0, 0], model[f, 0, 1], model[f, 0, 2]
+        a10, a11, a12 = model[f, 1, 0], one + model[f, 1, 1], model[f, 1, 2]
+        for i in range(nx):
+            rx, ry = resid[f, j, i, 0], resid[f, j, i, 1]
+            x_lo, x_hi = np.float32(i * tile), np.float32((i + 1) * tile - 1)
+            sgx = np.float32(0.0)
+            sgy = np.float32(0.0)
+            sdd = np.float32(0.0)
+            for y in range(j * tile, (j + 1) * tile):
+                bx = a01 * np.float32(y) + a02 + rx
+                by = a11 * np.float32(y) + a12 + ry
+                inside = _row_inside(a00 * x_lo + bx, a00 * x_hi + bx, a10 * x_lo + by, a10 * x_hi + by, h, w)
+                for x in range(i * tile, (i + 1) * tile):
+                    d = _bilinear(img, a00 * np.float32(x) + bx, a10 * np.float32(x) + by, inside) - ref[y, x]
+                    sgx += gx[y, x] * d
+                    sgy += gy[y, x] * d
+                    sdd += d * d
+                    if keep:
+                        diff[f, y, x] = d
+            out[f, j, i, 0] = sgx
+            out[f, j, i, 1] = sgy
+            out[f, j, i, 2] = sdd
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def shifted_tile_ssd(alt: np.ndarray, ref: np.ndarray, model: np.ndarray, resid: np.ndarray, tile: int,
+                     out: np.ndarray) -> None:
+    """Per tile, the sum of squared differences between the reference and the frame warped as in
+    `warped_tile_sums`, moved by each whole-pixel step (dx, dy) in -1..1: out (F, ny, nx, 9)
+    float32, step k = 3 (dy + 1) + (dx + 1). One warped (tile + 2)^2 patch per tile serves all nine."""
+    f_n, ny, nx = resid.shape[0], resid.shape[1], resid.shape[2]
+    h, w = alt.shape[1], alt.shape[2]
+    p = tile + 2
+    one = np.float32(1.0)
+    for job in prange(f_n * ny):
+        f = job // ny
+        j = job % ny
+        img = alt[f]
+        a00, a01, a02 = one + model[f, 0, 0], model[f, 0, 1], model[f, 0, 2]
+        a10, a11, a12 = model[f, 1, 0], one + model[f, 1, 1], model[f, 1, 2]
+        patch = np.empty((p, p), np.float32)
+        for i in range(nx):
+            rx, ry = resid[f, j, i, 0], resid[f, j, i, 1]
+            x_lo, x_hi = np.float32(i * tile - 1), np.float32((i + 1) * tile)
+            for py in range(p):
+                y = np.float32(j * tile + py - 1)
+                bx = a01 * y + a02 + rx
+                by = a11 * y + a12 + ry
+                inside = _row_inside(a00 * x_lo + bx, a00 * x_hi + bx, a10 * x_lo + by, a10 * x_hi + by, h, w)
+                for px in range(p):
+                    x = np.float32(i * tile + px - 1)
+                    patch[py, px] = _bilinear(img, a00 * x + bx, a10 * x + by, inside)
+            for k in range(9):
+                oy, ox = k // 3, k % 3
+                s = np.float32(0.0)
+                for y in range(tile):
+                    for x in range(tile):
+                        d = patch[y + oy, x + ox] - ref[j * tile + y, i * tile + x]
+                        s += d * d
+                out[f, j, i, k] = s
