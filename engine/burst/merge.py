@@ -51,7 +51,9 @@ class MergeConfig:
     interpolation: how frames are warped onto the reference, "cubic" or "linear".
     robust_k: the robust merge rejects a frame where its 3x3-mean difference exceeds
         robust_k noise sigmas.
-    strip_rows: tile rows per strip (bounds memory on 12 MP frames)."""
+    strip_tiles: tiles per plane and frame in one strip of whole tile rows (bounds memory on 12 MP
+        frames: about 40 MB of tiles and 45 MB of spectra for 8 frames; a 640x480 frame is one
+        strip, which was the fastest split measured: 73-78 ms against 90 ms in strips of 4 rows)."""
 
     method: str = "wiener"
     tile: int = 16
@@ -59,7 +61,7 @@ class MergeConfig:
     spatial: float = 3.0
     interpolation: str = "cubic"
     robust_k: float = 3.0
-    strip_rows: int = 4
+    strip_tiles: int = 1536
 
     def __post_init__(self) -> None:
         if self.method not in ("wiener", "robust", "mean"):
@@ -68,6 +70,8 @@ class MergeConfig:
             raise ValueError(f"merge tile must be even and at least 4, got {self.tile}")
         if self.interpolation not in _INTERPOLATION:
             raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATION)}, got {self.interpolation!r}")
+        if self.strip_tiles < 1:
+            raise ValueError(f"strip_tiles must be at least 1, got {self.strip_tiles}")
         if self.strength <= 0 or self.spatial < 0:
             raise ValueError(f"strength must be > 0 and spatial >= 0, got {self.strength}, {self.spatial}")
 
@@ -175,7 +179,7 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
     correction = np.zeros((4, hp, wp), np.float32)
     spatial = cfg.spatial > 0
     f = len(others)
-    rows_per = max(1, cfg.strip_rows)
+    rows_per = max(1, min(ny, cfg.strip_tiles // nx))
     # scratch for one strip, reused by every strip (fresh arrays would page-fault in each time)
     alts_buf = np.empty(f * (rows_per + 1) * s * wp * 4, np.float32)
     tiles_buf = np.empty(f * 4 * rows_per * nx * t * t, np.float32)
