@@ -4,9 +4,11 @@ Both pictures are drawn in the output's pixel grid: the input ("before") is draw
 rectangle as the output ("after"), nearest-neighbour, so at any zoom an input pixel covers exactly
 the output pixels made from it and the two compare pixel for pixel.
 
-Drawing only: numpy BGR frames are wrapped as QImages over their own memory (no copy; the arrays
-are kept alive while shown), and painting scales them with QPainter. Nothing here enhances or
-converts frames; the window feeds `set_frame` from the engine's results.
+Drawing only: numpy BGR or BGRX frames are wrapped as QImages over their own memory (no copy; the
+arrays are kept alive while shown), and painting scales them with QPainter. Nothing here enhances
+or converts frames; the window feeds `set_frame` from the engine's results, converted to BGRX off
+the GUI thread (`display_image`): 32-bit pixels are Qt's own format, which it scales in half the
+time of 24-bit BGR (viewer paint 4.4 -> 2.3 ms at 1280x960), and PyQt holds the GIL while it paints.
 
 Geometry is in pure functions (image <-> widget coordinates) so it can be tested without a screen.
 """
@@ -14,9 +16,11 @@ from __future__ import annotations
 
 import enum
 import math
+import sys
 import time
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PyQt6 import sip
 from PyQt6.QtCore import QPointF, QRectF, Qt, pyqtSignal
@@ -77,17 +81,31 @@ def zoom_about(cx: float, cy: float, scale: float, new_scale: float, ax: float, 
     return ax + (cx - ax) * f, ay + (cy - ay) * f
 
 
+def display_image(bgr: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 BGR -> (H, W, 4) BGRX, the bytes of Qt's native 32-bit format on this
+    machine (OpenCV, which releases the GIL: call it off the GUI thread). Anything else, or on a
+    big-endian machine where those bytes differ, comes back as it is (bgr_qimage judges it)."""
+    if sys.byteorder != "little" or not isinstance(bgr, np.ndarray) or bgr.dtype != np.uint8 or bgr.ndim != 3 \
+            or bgr.shape[2] != 3:
+        return bgr
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
+
+
 def bgr_qimage(bgr: np.ndarray) -> tuple[QImage, np.ndarray]:
-    """(H, W, 3) uint8 BGR -> (QImage over the same memory, the array to keep alive while it is used).
+    """(H, W, 3) uint8 BGR, or (H, W, 4) BGRX from `display_image` -> (QImage over the same memory,
+    the array to keep alive while it is used).
 
     No copy unless the pixels are not row-contiguous (then one copy, to make them so)."""
-    if not isinstance(bgr, np.ndarray) or bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] != 3:
+    if not isinstance(bgr, np.ndarray) or bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] not in (3, 4) \
+            or (bgr.shape[2] == 4 and sys.byteorder != "little"):
         desc = f"{bgr.shape} {bgr.dtype}" if isinstance(bgr, np.ndarray) else type(bgr).__name__
-        raise ValueError(f"the viewer shows (H, W, 3) uint8 BGR images, got {desc}")
-    if bgr.strides[2] != 1 or bgr.strides[1] != 3:
+        raise ValueError(f"the viewer shows (H, W, 3) uint8 BGR images (or BGRX from display_image), got {desc}")
+    c = bgr.shape[2]
+    if bgr.strides[2] != 1 or bgr.strides[1] != c:
         bgr = np.ascontiguousarray(bgr)
     h, w = bgr.shape[:2]
-    image = QImage(sip.voidptr(bgr.ctypes.data), w, h, bgr.strides[0], QImage.Format.Format_BGR888)
+    fmt = QImage.Format.Format_RGB32 if c == 4 else QImage.Format.Format_BGR888
+    image = QImage(sip.voidptr(bgr.ctypes.data), w, h, bgr.strides[0], fmt)
     return image, bgr
 
 

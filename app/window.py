@@ -43,7 +43,7 @@ from PyQt6.QtWidgets import (
 from app.pipeline import LatencyWindow, LivePipeline, PipelineConfig
 from app.recorder import Recorder, RecorderConfig, RecorderError, RecorderState, RecorderStatus
 from app.stats_panel import RecordIndicator, StatsPanel, StatsSnapshot, overlay_lines
-from app.viewer import BeforeAfterViewer, ViewMode
+from app.viewer import BeforeAfterViewer, ViewMode, display_image
 from capture.atomic import atomic_write_bytes
 from capture.sources import open_source
 from capture.worker import CaptureState
@@ -180,7 +180,8 @@ class _Bridge(QObject):
 
 
 class ResultPump:
-    """A thread that waits on the engine's ResultSlot and tells the GUI a new result is there.
+    """A thread that waits on the engine's ResultSlot, readies its pictures for the screen
+    (`display_image`, here rather than on the GUI thread) and tells the GUI a new result is there.
 
     At most one notification is in flight: the GUI takes the newest result when it gets to it, so a
     busy GUI shows fewer frames instead of older ones. `replaced` counts results never taken."""
@@ -188,7 +189,7 @@ class ResultPump:
     def __init__(self, slot: ResultSlot, notify: Callable[[], None]):
         self.slot, self._notify = slot, notify
         self._lock = threading.Lock()
-        self._latest: Result | None = None
+        self._latest: tuple[Result, np.ndarray | None, np.ndarray | None] | None = None
         self._signalled = False
         self.replaced = 0
         self._stop = threading.Event()
@@ -202,7 +203,8 @@ class ResultPump:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def take(self) -> Result | None:
+    def take(self) -> tuple[Result, np.ndarray | None, np.ndarray | None] | None:
+        """(newest result, its input and output ready for the viewer) or None."""
         with self._lock:
             r, self._latest, self._signalled = self._latest, None, False
             return r
@@ -213,10 +215,11 @@ class ResultPump:
                 r = self.slot.get(timeout=0.1)
             except TimeoutError:
                 continue
+            shown = tuple(None if a is None else display_image(a) for a in (r.input_bgr, r.output))
             with self._lock:
                 if self._latest is not None:
                     self.replaced += 1
-                self._latest = r
+                self._latest = (r, *shown)
                 notify, self._signalled = not self._signalled, True
             if notify:
                 self._notify()
@@ -572,11 +575,12 @@ class MainWindow(QMainWindow):
     # -- frames ----------------------------------------------------------------------------------
     @guarded_slot
     def _on_result_ready(self) -> None:
-        r = self._pump.take()
-        if r is None or self._closing:
+        taken = self._pump.take()
+        if taken is None or self._closing:
             return
+        r, before, after = taken
         self._current = r
-        self.viewer.set_frame(r.input_bgr, r.output, token=r)
+        self.viewer.set_frame(before, after, token=r)
 
     @guarded_slot
     def _on_painted(self, token, t_ns: int) -> None:

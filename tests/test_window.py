@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from PyQt6.QtCore import QPoint, Qt  # noqa: E402
+from PyQt6.QtGui import QImage  # noqa: E402
 
 from app.pipeline import PipelineConfig  # noqa: E402
 from app.recorder import RecorderState  # noqa: E402
@@ -426,3 +427,18 @@ def test_offscreen_command_records_screenshots_and_writes_stats(qtbot, tmp_path)
         assert (c.streams.video[0].width, c.streams.video[0].height) == (640, 240), "side by side"
     shot = cv2.imread(str(tmp_path / "s.png"))
     assert shot is not None and shot.shape[0] > 300 and shot.shape[1] > 600
+
+
+def test_display_images_are_32_bit_copies_that_draw_the_same_colours():
+    # (the window's own tests draw them: its result pump hands the viewer display_image frames)
+    from app.viewer import display_image
+
+    a = np.zeros((4, 6, 3), np.uint8)
+    a[..., 2] = 255  # red
+    a[1, 2] = (255, 0, 0)  # one blue pixel
+    shown = display_image(a)
+    img, kept = bgr_qimage(shown)
+    assert kept is shown and img.format() == QImage.Format.Format_RGB32
+    assert img.pixelColor(0, 0).name() == "#ff0000" and img.pixelColor(2, 1).name() == "#0000ff"
+    grey = np.zeros((4, 6), np.uint8)
+    assert display_image(grey) is grey  # not a BGR frame: left for the viewer to refuse
