@@ -155,3 +155,18 @@ def test_shifted_tile_ssd_finds_the_whole_pixel_step_that_matches():
     sums = np.empty((1, ny, nx, 3), np.float32)
     kernels.warped_tile_sums(alt, ref, ref, ref, model, resid, tile, sums, np.empty((0, 1, 1), np.float32))
     assert np.allclose(ssd[0, ..., 4], sums[0, ..., 2], rtol=1e-5)  # no step: the plain warp's sum
+
+
+def test_warp_kernels_stay_inside_the_image_for_any_flow():
+    # numba does not check bounds: NaN or huge flows must be folded into the image, not read past it
+    from engine.burst import kernels
+
+    f, h, w, tile = 2, 32, 32, 8
+    alt = np.random.default_rng(9).random((f, h, w), dtype=np.float32)
+    resid = np.zeros((f, 4, 4, 2), np.float32)
+    for bad in (np.nan, np.inf, -1e30, 1e9):
+        model = np.full((f, 2, 3), bad, np.float32)
+        out = np.empty((f, 4, 4, 3), np.float32)
+        kernels.warped_tile_sums(alt, alt[0], alt[0], alt[0], model, resid, tile, out, np.empty((0, 1, 1), np.float32))
+        ssd = np.empty((f, 4, 4, 9), np.float32)
+        kernels.shifted_tile_ssd(alt, alt[0], model, resid, tile, ssd)

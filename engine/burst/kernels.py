@@ -9,8 +9,10 @@ and three products with three area resizes per frame, most of them tiny at the c
 These kernels fuse each chain into one loop per tile, over both cores. Their results equal the
 numpy/OpenCV expressions in their docstrings up to float32 rounding (tests check).
 
-Compiled on first use (about 5 s) and cached beside this file (`cache=True`), so later runs and
-processes load them in well under a second.
+Compiled on first use (about 12 s for all of them on this machine) and cached beside this file
+(`cache=True`), so later runs and processes load them in well under a second. Data-dependent
+indices (the warps' sample positions) are folded into the image by `_reflect`, which returns an
+index inside it for any input, NaN included: numba does not check bounds.
 """
 from __future__ import annotations
 
