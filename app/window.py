@@ -628,7 +628,8 @@ class MainWindow(QMainWindow):
         self._load_gen += 1
         gen = self._load_gen
         settings = self._settings()
-        self.statusBar().showMessage(f"loading {label(name)}…", 5000)
+        # until it is running or has failed: a first BurstFusion compiles its kernels (about 10 s)
+        self.statusBar().showMessage(f"loading {label(name)}…")
 
         def job():
             try:
@@ -677,6 +678,7 @@ class MainWindow(QMainWindow):
     def _on_load_failed(self, name: str, gen: int, message: str) -> None:
         if gen != self._load_gen:
             return
+        self.statusBar().clearMessage()  # the banner says what happened
         running = label(self._running_name) if self._running_name else "nothing"
         self._load_error = message
         self._set_problem("load", f"could not load {label(name)}: {message} — running {running} instead; "

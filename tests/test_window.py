@@ -385,6 +385,16 @@ def test_weights_that_fail_to_load_fall_back_and_recover(open_window, qtbot, tmp
     wait_frames(qtbot, w, 3)
 
 
+def test_a_failed_load_clears_its_loading_message(open_window, qtbot):
+    w = open_window()
+    wait_frames(qtbot, w, 3)
+    w.request_processor("no_such_model")
+    assert w.statusBar().currentMessage().startswith("loading")  # shown until it runs or fails
+    qtbot.waitUntil(lambda: "could not load" in w.banner.text, timeout=5000)
+    assert not w.statusBar().currentMessage().startswith("loading")
+    wait_frames(qtbot, w, 3)  # the old processor kept running
+
+
 def test_engine_error_is_a_banner_until_it_goes(open_window, qtbot):
     Flaky.broken = False
     w = open_window(processor="flaky")
@@ -442,3 +452,4 @@ def test_display_images_are_32_bit_copies_that_draw_the_same_colours():
     assert img.pixelColor(0, 0).name() == "#ff0000" and img.pixelColor(2, 1).name() == "#0000ff"
     grey = np.zeros((4, 6), np.uint8)
     assert display_image(grey) is grey  # not a BGR frame: left for the viewer to refuse
+
