@@ -420,8 +420,9 @@ def test_an_invalid_source_is_reported_and_the_old_one_kept(open_window, qtbot):
 
 
 # This runs the real `eyefuse live` entry point (run_window, app.exec) inside the test process.
-# Windows made after it in the same session no longer show frames (cause not found yet; a second
-# run_window in one process is not something the app does), so it stays the last window test.
+# Under pytest-qt, windows made after it in the same session no longer show frames while qtbot
+# waits; in a plain script a window made after run_window shows frames as usual (checked), so it
+# is the test harness, not the app. This test stays the last window test.
 def test_offscreen_command_records_screenshots_and_writes_stats(qtbot, tmp_path):
     args = SimpleNamespace(offscreen=True, frames=20, seconds=None, record=str(tmp_path / "o.mp4"),
                            record_side_by_side=True, screenshot=str(tmp_path / "s.png"),
