@@ -91,7 +91,6 @@ def _check_output(out: Path, inputs: list[Path]) -> None:
 def enhance_burst(args: argparse.Namespace) -> str:
     """Do the job described by the parsed arguments; returns the summary line. Raises
     BurstCommandError with a message for the user."""
-
     from engine.burst.align import AlignConfig
     from engine.burst.fusion import BurstConfig, fuse_burst, merged_frame, prepare_kernels
     from engine.burst.merge import MergeConfig

@@ -81,12 +81,16 @@ def zoom_about(cx: float, cy: float, scale: float, new_scale: float, ax: float, 
     return ax + (cx - ax) * f, ay + (cy - ay) * f
 
 
+def _u8_image(a, channels: tuple[int, ...]) -> bool:
+    """Whether `a` is an (H, W, C) uint8 array with C in `channels`."""
+    return isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] in channels
+
+
 def display_image(bgr: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 BGR -> (H, W, 4) BGRX, the bytes of Qt's native 32-bit format on this
     machine (OpenCV, which releases the GIL: call it off the GUI thread). Anything else, or on a
     big-endian machine where those bytes differ, comes back as it is (bgr_qimage judges it)."""
-    if sys.byteorder != "little" or not isinstance(bgr, np.ndarray) or bgr.dtype != np.uint8 or bgr.ndim != 3 \
-            or bgr.shape[2] != 3:
+    if sys.byteorder != "little" or not _u8_image(bgr, (3,)):
         return bgr
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)
 
@@ -96,8 +100,7 @@ def bgr_qimage(bgr: np.ndarray) -> tuple[QImage, np.ndarray]:
     the array to keep alive while it is used).
 
     No copy unless the pixels are not row-contiguous (then one copy, to make them so)."""
-    if not isinstance(bgr, np.ndarray) or bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[2] not in (3, 4) \
-            or (bgr.shape[2] == 4 and sys.byteorder != "little"):
+    if not _u8_image(bgr, (3, 4) if sys.byteorder == "little" else (3,)):
         desc = f"{bgr.shape} {bgr.dtype}" if isinstance(bgr, np.ndarray) else type(bgr).__name__
         raise ValueError(f"the viewer shows (H, W, 3) uint8 BGR images (or BGRX from display_image), got {desc}")
     c = bgr.shape[2]

@@ -362,15 +362,16 @@ def _resample_tiles(resid: np.ndarray, coarse: _Level, fine: _Level) -> np.ndarr
                      for r in resid])
 
 
-def _warp_sums(L: "_Level", frames: np.ndarray, ref: np.ndarray, model: np.ndarray, resid: np.ndarray | None,
-               diff: np.ndarray | None = None) -> np.ndarray:
-    """(F, ny, nx, 3) per-tile means of gx d, gy d and d^2, d = frame warped by model + resid - ref
-    (kernels.warped_tile_sums; resid None: the model alone). `diff`, if given, receives d."""
-    f = frames.shape[0]
+def _warp_sums(L: "_Level", model: np.ndarray, resid: np.ndarray | None, diff: np.ndarray | None = None
+               ) -> np.ndarray:
+    """(F, ny, nx, 3) per-tile means of gx d, gy d and d^2, d = the smoothed frame warped by model +
+    resid - the smoothed reference (kernels.warped_tile_sums; resid None: the model alone).
+    `diff`, if given, receives d."""
+    f = L.alt_s.shape[0]
     r = np.zeros((f,) + L.valid.shape + (2,), np.float32) if resid is None else np.ascontiguousarray(resid, np.float32)
     out = np.empty((f,) + L.valid.shape + (3,), np.float32)
     with kernels.LOCK:
-        kernels.warped_tile_sums(frames, ref, L.gx, L.gy, np.ascontiguousarray(model, np.float32), r, L.tile, out,
+        kernels.warped_tile_sums(L.alt_s, L.ref_s, L.gx, L.gy, np.ascontiguousarray(model, np.float32), r, L.tile, out,
                                  _NO_DIFF if diff is None else diff)
     out /= L.tile * L.tile
     return out
@@ -420,7 +421,7 @@ def _lucas_kanade(L: _Level, model: np.ndarray, resid: np.ndarray, iterations: i
     for step in range(steps):
         last = step == steps - 1
         diff = np.empty_like(L.alt_s) if last and noise is not None else None
-        sums = _warp_sums(L, L.alt_s, L.ref_s, model, resid, diff)
+        sums = _warp_sums(L, model, resid, diff)
         if last:
             spread = sums[..., 2].copy()
             if noise is not None:
@@ -479,7 +480,7 @@ def _fit_affine(centres: np.ndarray, flow: np.ndarray, weight: np.ndarray, itera
 def _tile_ssd(L: _Level, model: np.ndarray, resid: np.ndarray | None) -> np.ndarray:
     """(F, ny, nx) mean squared difference per tile between the smoothed reference and each
     smoothed frame warped by its model plus the per-tile residual (None: zero)."""
-    return _warp_sums(L, L.alt_s, L.ref_s, model, resid)[..., 2].copy()
+    return _warp_sums(L, model, resid)[..., 2].copy()
 
 
 def _significant(resid: np.ndarray, L: _Level, spread: np.ndarray, model_spread: np.ndarray,

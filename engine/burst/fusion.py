@@ -26,11 +26,11 @@ import numpy as np
 
 from capture.frame import Frame, PixelFormat, RawMeta
 from engine.burst.align import AlignConfig, Alignment, align
+from engine.burst.align import warm_up as warm_up_align
 from engine.burst.finish import FinishConfig, finish
 from engine.burst.lens import LensModel, correct, estimate_lateral_ca, without_lens_opcodes
-from engine.burst import align as align_stage
-from engine.burst import merge as merge_stage
 from engine.burst.merge import MergeConfig, merge
+from engine.burst.merge import warm_up as warm_up_merge
 from engine.burst.raw import (
     BurstError,
     NoiseModel,
@@ -116,9 +116,9 @@ def prepare_kernels(cfg: BurstConfig) -> None:
     """Compile (or load from numba's cache) the compiled loops `cfg`'s aligner and merge use, on
     the calling thread, so a later burst does not stop for it."""
     if cfg.align.method == "tiles":
-        align_stage.warm_up()
+        warm_up_align()
     if cfg.merge.method == "wiener":
-        merge_stage.warm_up()
+        warm_up_merge()
 
 
 def reference_index(n: int, reference: str | int) -> int:

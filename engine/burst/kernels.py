@@ -174,10 +174,26 @@ def _bilinear(img: np.ndarray, sx: float, sy: float, inside: bool) -> float:
 
 
 @njit(inline="always")
-def _row_inside(sx0: float, sx1: float, sy0: float, sy1: float, h: int, w: int) -> bool:
-    """Whether samples along a row from (sx0, sy0) to (sx1, sy1) (an affine map: a straight
-    segment) all have their bilinear neighbours inside an (h, w) image, so no border is needed."""
-    return min(sx0, sx1) >= 0 and min(sy0, sy1) >= 0 and max(sx0, sx1) < w - 1 and max(sy0, sy1) < h - 1
+def _affine(model: np.ndarray, f: int) -> tuple:
+    """Frame f's affine flow model as the six coefficients of its sample map:
+    (sx, sy) = (a00 x + a01 y + a02, a10 x + a11 y + a12) = (x, y) + flow(x, y)."""
+    one = np.float32(1.0)
+    return (one + model[f, 0, 0], model[f, 0, 1], model[f, 0, 2],
+            model[f, 1, 0], one + model[f, 1, 1], model[f, 1, 2])
+
+
+@njit(inline="always")
+def _row_start(a: tuple, y: float, rx: float, ry: float, x_lo: float, x_hi: float, h: int, w: int) -> tuple:
+    """For row y of a tile whose own flow is (rx, ry), warped by affine coefficients `a`: the
+    offsets (bx, by) with sample (sx, sy) = (a00 x + bx, a10 x + by) for x in [x_lo, x_hi], and
+    whether every such sample has its bilinear neighbours inside an (h, w) image (an affine map of
+    a row is a straight segment, so its ends decide), in which case no border is needed."""
+    a00, a01, a02, a10, a11, a12 = a
+    bx = a01 * y + a02 + rx
+    by = a11 * y + a12 + ry
+    sx0, sx1, sy0, sy1 = a00 * x_lo + bx, a00 * x_hi + bx, a10 * x_lo + by, a10 * x_hi + by
+    inside = min(sx0, sx1) >= 0 and min(sy0, sy1) >= 0 and max(sx0, sx1) < w - 1 and max(sy0, sy1) < h - 1
+    return bx, by, inside
 
 
 @njit(cache=True, fastmath=True, parallel=True)
@@ -196,13 +212,12 @@ def warped_tile_sums(alt: np.ndarray, ref: np.ndarray, gx: np.ndarray, gy: np.nd
     f_n, ny, nx = resid.shape[0], resid.shape[1], resid.shape[2]
     h, w = alt.shape[1], alt.shape[2]
     keep = diff.shape[0] > 0
-    one = np.float32(1.0)
     for job in prange(f_n * ny):
         f = job // ny
         j = job % ny
         img = alt[f]
-        a00, a01, a02 = one + model[f, 0, 0], model[f, 0, 1], model[f, 0, 2]
-        a10, a11, a12 = model[f, 1, 0], one + model[f, 1, 1], model[f, 1, 2]
+        a = _affine(model, f)
+        a00, a10 = a[0], a[3]
         for i in range(nx):
             rx, ry = resid[f, j, i, 0], resid[f, j, i, 1]
             x_lo, x_hi = np.float32(i * tile), np.float32((i + 1) * tile - 1)
@@ -210,9 +225,7 @@ def warped_tile_sums(alt: np.ndarray, ref: np.ndarray, gx: np.ndarray, gy: np.nd
             sgy = np.float32(0.0)
             sdd = np.float32(0.0)
             for y in range(j * tile, (j + 1) * tile):
-                bx = a01 * np.float32(y) + a02 + rx
-                by = a11 * np.float32(y) + a12 + ry
-                inside = _row_inside(a00 * x_lo + bx, a00 * x_hi + bx, a10 * x_lo + by, a10 * x_hi + by, h, w)
+                bx, by, inside = _row_start(a, np.float32(y), rx, ry, x_lo, x_hi, h, w)
                 for x in range(i * tile, (i + 1) * tile):
                     d = _bilinear(img, a00 * np.float32(x) + bx, a10 * np.float32(x) + by, inside) - ref[y, x]
                     sgx += gx[y, x] * d
@@ -234,22 +247,18 @@ def shifted_tile_ssd(alt: np.ndarray, ref: np.ndarray, model: np.ndarray, resid:
     f_n, ny, nx = resid.shape[0], resid.shape[1], resid.shape[2]
     h, w = alt.shape[1], alt.shape[2]
     p = tile + 2
-    one = np.float32(1.0)
     for job in prange(f_n * ny):
         f = job // ny
         j = job % ny
         img = alt[f]
-        a00, a01, a02 = one + model[f, 0, 0], model[f, 0, 1], model[f, 0, 2]
-        a10, a11, a12 = model[f, 1, 0], one + model[f, 1, 1], model[f, 1, 2]
+        a = _affine(model, f)
+        a00, a10 = a[0], a[3]
         patch = np.empty((p, p), np.float32)
         for i in range(nx):
             rx, ry = resid[f, j, i, 0], resid[f, j, i, 1]
             x_lo, x_hi = np.float32(i * tile - 1), np.float32((i + 1) * tile)
             for py in range(p):
-                y = np.float32(j * tile + py - 1)
-                bx = a01 * y + a02 + rx
-                by = a11 * y + a12 + ry
-                inside = _row_inside(a00 * x_lo + bx, a00 * x_hi + bx, a10 * x_lo + by, a10 * x_hi + by, h, w)
+                bx, by, inside = _row_start(a, np.float32(j * tile + py - 1), rx, ry, x_lo, x_hi, h, w)
                 for px in range(p):
                     x = np.float32(i * tile + px - 1)
                     patch[py, px] = _bilinear(img, a00 * x + bx, a10 * x + by, inside)
