@@ -211,7 +211,7 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
 
 
 def warm_up() -> None:
-    """Compile the Wiener merge's kernels now, on the calling thread (about 5 s the first time on a
+    """Compile the Wiener merge's kernels now, on the calling thread (several seconds the first time on a
     machine, well under one after that: numba caches them on disk), by merging a tiny burst
     through the same code path, so the same specialisations are made. A processor calls this
     when it is made, so the engine thread never stops for a compile."""
