@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from app.bench.report import markdown_table, peak_rss_mib, write_results
+from app.bench.report import markdown_table, peak_rss_mib, run_child, write_results
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 GAINS = (1, 2, 4, 8)
@@ -240,13 +239,6 @@ def live_child(frames: int, out: str) -> None:
                        printer=lambda line: print(line, flush=True), report_every_s=10.0)
     res["peak_rss_mib"] = peak_rss_mib()
     Path(out).write_text(json.dumps(res, default=str))
-
-
-def run_child(code: str, out: Path) -> dict:
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
-    result = json.loads(out.read_text())
-    out.unlink()
-    return result
 
 
 def raft_child(frames: int, out: str, runs: int = 3) -> None:

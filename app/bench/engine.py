@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +19,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from app.bench.report import markdown_table, peak_rss_mib, write_results
+from app.bench.report import markdown_table, peak_rss_mib, run_child, write_results
 from capture.convert import to_bgr8
 from capture.frame import Frame, PixelFormat
 from engine.manifest import load_manifest
@@ -169,11 +167,7 @@ def live_child(seconds: float, model: str, out: str) -> None:
 
 def run_live(seconds: float, model: str) -> dict:
     out = Path(f"/tmp/eyefuse-live-{time.time_ns()}.json")
-    code = f"from app.bench.engine import live_child; live_child({seconds!r}, {model!r}, {str(out)!r})"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
-    result = json.loads(out.read_text())
-    out.unlink()
-    return result
+    return run_child(f"from app.bench.engine import live_child; live_child({seconds!r}, {model!r}, {str(out)!r})", out)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,13 @@ def write_results(name: str, title: str, sections: list[tuple[str, str]], data: 
     (out / f"{name}.md").write_text("\n".join(md))
     (out / f"{name}.json").write_text(json.dumps({"machine": machine, **data}, indent=2, default=str) + "\n")
     return out / f"{name}.md"
+
+
+def run_child(code: str, out: Path) -> dict:
+    """Runs `code` in a fresh Python at the repository root, set up as the eyefuse command sets itself
+    up (engine/allocator.py), and returns the JSON it wrote to `out` (deleted after reading)."""
+    code = "from engine.allocator import keep_freed_memory; keep_freed_memory(); " + code
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+    result = json.loads(out.read_text())
+    out.unlink()
+    return result

@@ -161,13 +161,16 @@ def _reflect(i: int, n: int) -> int:
 def _bilinear(img: np.ndarray, sx: float, sy: float, inside: bool) -> float:
     """(H, W) img sampled at (sx, sy), bilinear; borders reflected unless the caller knows the
     point and its right and lower neighbours are inside."""
-    fx, fy = np.floor(sx), np.floor(sy)
-    x0, y0 = int(fx), int(fy)
-    ax, ay = sx - fx, sy - fy
-    x1, y1 = x0 + 1, y0 + 1
-    if not inside:
+    if inside:  # sx, sy >= 0: truncation is the floor, and much cheaper than a call to floorf
+        x0, y0 = int(sx), int(sy)
+        ax, ay = sx - np.float32(x0), sy - np.float32(y0)
+        x1, y1 = x0 + 1, y0 + 1
+    else:
+        fx, fy = np.floor(sx), np.floor(sy)
+        x0, y0 = int(fx), int(fy)
+        ax, ay = sx - fx, sy - fy
         h, w = img.shape
-        x0, x1, y0, y1 = _reflect(x0, w), _reflect(x1, w), _reflect(y0, h), _reflect(y1, h)
+        x0, x1, y0, y1 = _reflect(x0, w), _reflect(x0 + 1, w), _reflect(y0, h), _reflect(y0 + 1, h)
     top = img[y0, x0] + ax * (img[y0, x1] - img[y0, x0])
     bottom = img[y1, x0] + ax * (img[y1, x1] - img[y1, x0])
     return top + ay * (bottom - top)
