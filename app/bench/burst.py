@@ -193,6 +193,54 @@ def speed(images, frames: int, size: tuple[int, int], runs: int, seed: int) -> d
                 "runs": len(v)} for k, v in rec.items()}
 
 
+# parts of the Wiener merge by the functions that do them, for merge_profile
+MERGE_PARTS = (
+    ("forward FFTs of the tiles (scipy.fft)", ("r2c",)),
+    ("bicubic warps of the frames (OpenCV remap)", ("remap", "convertMaps", "warp_rows", "cv2.merge")),
+    ("difference, clip mask and window (numba)", ("windowed_differences",)),
+    ("Wiener gains and sum over frames (numba)", ("wiener_sum",)),
+    ("spatial step (numba)", ("windowed_tiles", "spatial_shrink")),
+    ("inverse FFTs and overlap-add", ("c2r", "overlap_add")),
+)
+
+
+def merge_profile(images, frames: int, seed: int, runs: int = 3) -> dict:
+    """cProfile of the default Wiener merge on 8 x 640x480 bursts: ms per merge spent in each of
+    MERGE_PARTS (own time of the functions named), the rest as "other"."""
+    import cProfile
+    import pstats
+
+    from engine.burst.align import align
+    from engine.burst.merge import merge
+    from engine.burst.raw import grey
+    from trainers.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, synthesize_burst
+
+    bursts = []
+    for k, (_, img) in enumerate(images):
+        b = synthesize_burst(img, frames, np.random.default_rng([seed, 9, k]), KPN_GAINS[4], SYNTHETIC_BURST_MOTION,
+                             size=(640, 480), keep_clean=False)
+        nm = noise_model(b.noise)
+        bursts.append((b.noisy, align(grey(b.noisy), 0, nm), nm))
+        merge(*bursts[-1])  # warm-up
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(runs):
+        for planes, al, nm in bursts:
+            merge(planes, al, nm)
+    prof.disable()
+    n = runs * len(bursts)
+    own: dict[str, float] = {}
+    for (filename, _, name), (_, _, tottime, _, _) in pstats.Stats(prof).stats.items():
+        if filename == "~":  # a C function: "<remap>" (OpenCV), "<built-in method ...pypocketfft.r2c>"
+            name = name.strip("<>").split(".")[-1]
+            name = "cv2.merge" if name == "merge" else name  # OpenCV's, not our merge()
+        own[name] = own.get(name, 0.0) + tottime
+    total = sum(own.values())
+    parts = {label: 1e3 * sum(own.pop(f, 0.0) for f in funcs) / n for label, funcs in MERGE_PARTS}
+    parts["other (padding, confidence, noise levels, Python)"] = 1e3 * sum(own.values()) / n
+    return {"merge_ms": 1e3 * total / n, "parts_ms": parts, "merges": n}
+
+
 def child_12mp(data: str, n: int, frames: int, seed: int, out: str) -> None:
     """Runs in a child process: 12 MP bursts, quality and stage times, and this process's peak RSS."""
     from engine.burst.align import AlignConfig, align
@@ -295,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
     ghosts = ghosting(images, args.seed)
     speed_640 = speed(images[:5], args.frames, (640, 480), args.timing_runs, args.seed)
     peak_640 = peak_rss_mib()
+    profile = merge_profile(images[:3], args.frames, args.seed)
     print("640x480 timings: " + ", ".join(f"{k} {v['wall_ms']:.0f} ms" for k, v in speed_640.items()), flush=True)
     big = None
     if args.images_12mp > 0:
@@ -311,18 +360,19 @@ def run(args: argparse.Namespace) -> int:
     load_end = os.getloadavg()
 
     sections = report_sections(quality, ghosts, speed_640, peak_640, big, live, gains, args, load_start, load_end,
-                               raft)
+                               raft, profile)
     data_out = {"quality_640": quality, "ghosting": ghosts, "speed_640": speed_640, "peak_rss_640_mib": peak_640,
                 "twelve_mp": big, "live": live, "gains": gains, "frames": args.frames, "images": len(images),
                 "load_average_start": load_start, "load_average_end": load_end,
-                "raft_small": raft, "seconds": time.monotonic() - t0}
+                "raft_small": raft, "merge_profile": profile, "seconds": time.monotonic() - t0}
     path = write_results("burst", "Burst path benchmark", sections, data_out, out_dir=args.out_dir,
                          command="eyefuse bench burst " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "")
     print(path.read_text())
     return 0
 
 
-def report_sections(quality, ghosts, speed_640, peak_640, big, live, gains, args, load_start, load_end, raft=None):
+def report_sections(quality, ghosts, speed_640, peak_640, big, live, gains, args, load_start, load_end, raft=None,
+                    profile=None):
     n = args.images
     sections = []
     sections.append(("Conditions", (
@@ -371,15 +421,25 @@ def report_sections(quality, ghosts, speed_640, peak_640, big, live, gains, args
              f"{speed_640['align tiles']['cpu_ms']:.0f} ms CPU); align + merge <= 50 ms (measured "
              f"{align_ms + merge_ms:.0f} ms wall, {speed_640['align tiles']['cpu_ms'] + speed_640['merge Wiener']['cpu_ms']:.0f} ms CPU). "
              f"Peak resident memory of the benchmark process after the 640x480 runs: {peak_640:.0f} MiB.")
-    body += ("\n\nWhere the time goes (a separate cProfile of the Wiener merge on this machine, 8 x 640x480, about "
-             "100 ms): the forward FFTs of the windowed tiles about 27% (7 frames x 4 planes x 1271 half-overlapping "
-             "16x16 tiles = 9 M samples, batched float32 FFTs through scipy.fft on both cores), the bicubic warps of "
-             "the 7 frames about a fifth, the fused difference, clip-mask and window kernel 15%, the fused Wiener "
-             "gains and sum over frames 11%, the spatial step, inverse FFTs and overlap-add most of the rest. The "
-             "arithmetic between the FFTs runs as fused numba loops (engine/burst/kernels.py); as numpy passes it "
-             "was 60% of a 165 ms merge. The forward FFTs and the warps alone take about 45 ms, so align + merge in "
-             "50 ms is out of reach on 2 cores with this merge; FFTW (pyFFTW) did the same FFTs in half the time "
-             "here, but it is GPL. The robust average (no DFT) is the fast fallback at the quality shown above.")
+    if profile:
+        rows = [[part, f"{ms:.1f}", f"{100 * ms / profile['merge_ms']:.0f}%"] for part, ms in profile["parts_ms"].items()]
+        body += (f"\n\nWhere the merge's time goes, by cProfile in this run ({profile['merges']} merges of 8 x 640x480, "
+                 f"{profile['merge_ms']:.0f} ms each under the profiler; own time of the functions doing each part):\n\n"
+                 + markdown_table(["part of the Wiener merge", "ms per merge", "share"], rows))
+    body += ("\n\nThe merge moves about 160 MB through memory per burst (9 M windowed samples in, 10 M complex "
+             "coefficients out of the FFTs, and back), and memory is slow here: copying a 36 MB array took 8.7 ms "
+             "(measured while building this). glibc used to hand every array over 32 MB back to the kernel when it "
+             "was freed, so each burst also page-faulted them in again; the eyefuse command now keeps freed memory "
+             "(engine/allocator.py), which took the merge from 97-105 ms to 76-80 ms on the same bursts. A fused "
+             "numba kernel doing window, FFT, Wiener gains, inverse FFT and overlap-add per tile, with no arrays in "
+             "between, gave the same picture (to 2e-7) but took 89 ms on its own: LLVM did not vectorise its "
+             "butterflies, and scalar FFTs are slower than pocketfft's. FFTW (pyFFTW) did the same FFTs in half the "
+             "time, but it is GPL. ")
+    if profile:
+        floor = sum(ms for part, ms in profile["parts_ms"].items() if part.startswith(("forward FFTs", "bicubic warps")))
+        body += f"The forward FFTs and the warps alone take {floor:.0f} ms above, so "
+    body += ("align + merge in 50 ms is out of reach on 2 cores with this merge. The robust average (no DFT) is "
+             "the fast fallback at the quality shown above.")
     sections.append(("Speed at 640x480", body))
     if big:
         rows = [[k, f"{v['wall_ms']:.0f}", f"{v['cpu_ms']:.0f}"] for k, v in big["stages"].items()]
