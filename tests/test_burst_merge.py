@@ -75,6 +75,65 @@ def test_wiener_kernels_match_their_numpy_formulas():
     assert np.allclose(ref, want, rtol=1e-4, atol=1e-5)
 
 
+def general_merge16(ref, alts, c, conf, inv_n, c2, spatial):
+    """What wiener_merge16 fuses, step by step through the general path's kernels and scipy's FFTs."""
+    f, (p, ny, nx) = alts.shape[0], c.shape
+    window = raised_cosine(16)
+    tiles = np.empty((f, p, ny, nx, 16, 16), np.float32)
+    kernels.windowed_differences(ref, alts, window, 1.0, tiles)
+    acc = np.empty((p, ny, nx, 16, 9), np.complex64)
+    kernels.wiener_sum(tile_spectra(tiles), c, conf, inv_n, acc)
+    own = np.empty((p, ny, nx, 16, 16), np.float32)
+    kernels.windowed_tiles(ref, window, own)
+    m = tile_spectra(own)
+    if spatial:
+        kernels.spatial_shrink(m, acc, c2)
+    else:
+        m -= acc
+    out = np.zeros_like(ref)
+    kernels.overlap_add(tile_inverse(m, 16), out)
+    return out
+
+
+@pytest.mark.parametrize("frames,nx,spatial", [(7, 6, True), (7, 5, False), (3, 5, True), (9, 6, True), (16, 3, False)])
+def test_fused_merge_kernel_equals_the_general_path(frames, nx, spatial):
+    # 7 frames fill the 8 lanes once; 3 leave lanes empty; 9 and 16 take two and three groups;
+    # an odd number of tile columns leaves the inverse's second tile empty
+    rng = np.random.default_rng(frames + nx)
+    ny = 4
+    ref = rng.random((4, 8 * (ny + 1), 8 * (nx + 1)), dtype=np.float32) * 1.1  # some samples clip
+    alts = (ref.transpose(1, 2, 0)[None] + rng.normal(0, 0.05, (frames,) + ref.shape[1:] + (4,))).astype(np.float32)
+    alts[0, :8] += 0.5  # a patch the merge must reject
+    c = rng.uniform(0.05, 2.0, (4, ny, nx)).astype(np.float32)
+    c2 = rng.uniform(0.0, 0.5, (4, ny, nx)).astype(np.float32)
+    conf = rng.uniform(0, 1, (frames, ny, nx)).astype(np.float32)
+    out = np.zeros_like(ref)
+    kernels.wiener_merge16(ref, alts, raised_cosine(16), 1.0, c, conf, 1 / (frames + 1), c2, spatial, out)
+    want = general_merge16(ref, alts, c, conf, 1 / (frames + 1), c2, spatial)
+    assert np.abs(out - want).max() < 2e-5
+
+
+def test_fft_codelets_are_generated_from_the_current_generator_and_transform_correctly():
+    from engine.burst import fft_codelets
+    from engine.burst.fft16 import fft16_cols, fft16_rows
+
+    assert fft_codelets.TARGET.read_text() == fft_codelets.module_source(), "run python -m engine.burst.fft_codelets"
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(16, 16, 8)) + 1j * rng.normal(size=(16, 16, 8))).astype(np.complex64)
+    buf = np.stack([x.real, x.imag], axis=2).astype(np.float32).ravel()  # point p lane l: (2p + part) * 8 + l
+    for y in range(16):
+        fft16_rows.py_func(buf, 16 * y, np.float32(-1.0))
+    for col in range(16):
+        fft16_cols.py_func(buf, col, np.float32(-1.0))
+    b = buf.reshape(16, 16, 2, 8)
+    assert np.allclose(b[:, :, 0] + 1j * b[:, :, 1], np.fft.fft2(x, axes=(0, 1)), atol=1e-3)
+    for col in range(16):
+        fft16_cols.py_func(buf, col, np.float32(1.0))
+    for y in range(16):
+        fft16_rows.py_func(buf, 16 * y, np.float32(1.0))
+    assert np.allclose(b[:, :, 0] + 1j * b[:, :, 1], 256 * x, atol=1e-3)
+
+
 @pytest.mark.parametrize("gain", [1, 4])
 def test_wiener_merge_beats_the_reference_the_mean_and_the_robust_average(gain):
     b = burst(8, gain=gain, size=(256, 192), seed=20 + gain)

@@ -195,12 +195,8 @@ def speed(images, frames: int, size: tuple[int, int], runs: int, seed: int) -> d
 
 # parts of the Wiener merge by the functions that do them, for merge_profile
 MERGE_PARTS = (
-    ("forward FFTs of the tiles (scipy.fft)", ("r2c",)),
+    ("fused Wiener kernel: window, FFTs, gains, inverse FFT, overlap-add (numba)", ("wiener_merge16",)),
     ("bicubic warps of the frames (OpenCV remap)", ("remap", "convertMaps", "warp_rows", "cv2.merge")),
-    ("difference, clip mask and window (numba)", ("windowed_differences",)),
-    ("Wiener gains and sum over frames (numba)", ("wiener_sum",)),
-    ("spatial step (numba)", ("windowed_tiles", "spatial_shrink")),
-    ("inverse FFTs and overlap-add", ("c2r", "overlap_add")),
 )
 
 
@@ -426,20 +422,18 @@ def report_sections(quality, ghosts, speed_640, peak_640, big, live, gains, args
         body += (f"\n\nWhere the merge's time goes, by cProfile in this run ({profile['merges']} merges of 8 x 640x480, "
                  f"{profile['merge_ms']:.0f} ms each under the profiler; own time of the functions doing each part):\n\n"
                  + markdown_table(["part of the Wiener merge", "ms per merge", "share"], rows))
-    body += ("\n\nThe merge moves about 160 MB through memory per burst (9 M windowed samples in, 10 M complex "
-             "coefficients out of the FFTs, and back), and memory is slow here: copying a 36 MB array took 8.7 ms "
-             "(measured while building this). glibc used to hand every array over 32 MB back to the kernel when it "
-             "was freed, so each burst also page-faulted them in again; the eyefuse command now keeps freed memory "
-             "(engine/allocator.py), which took the merge from 97-105 ms to 76-80 ms on the same bursts. A fused "
-             "numba kernel doing window, FFT, Wiener gains, inverse FFT and overlap-add per tile, with no arrays in "
-             "between, gave the same picture (to 2e-7) but took 89 ms on its own: LLVM did not vectorise its "
-             "butterflies, and scalar FFTs are slower than pocketfft's. FFTW (pyFFTW) did the same FFTs in half the "
-             "time, but it is GPL. ")
+    body += ("\n\nWith 16x16 tiles the merge is one numba kernel from the warped frames to the overlap-added "
+             "result (engine/burst/kernels.py: wiener_merge16): per tile and plane it windows the reference and "
+             "seven frames into the 8 lanes of generated straight-line FFT codelets (engine/burst/fft_codelets.py), "
+             "which LLVM turns into 8-wide AVX butterflies, applies the Wiener gains, and transforms two tiles' four "
+             "planes back at once. Before, scipy's FFTs and numba loops passed about 160 MB of tile and spectrum "
+             "arrays between them per burst, and memory is slow here (copying a 36 MB array took 8.7 ms): that "
+             "merge took 76-80 ms on the bursts where this one takes 55-59 ms (measured while building it; the "
+             "eyefuse command's allocator setting, engine/allocator.py, had already taken it from 97-105 ms). ")
     if profile:
-        floor = sum(ms for part, ms in profile["parts_ms"].items() if part.startswith(("forward FFTs", "bicubic warps")))
-        body += f"The forward FFTs and the warps alone take {floor:.0f} ms above, so "
-    body += ("align + merge in 50 ms is out of reach on 2 cores with this merge. The robust average (no DFT) is "
-             "the fast fallback at the quality shown above.")
+        floor = sum(ms for part, ms in profile["parts_ms"].items() if part.startswith(("fused", "bicubic warps")))
+        body += f"The kernel and the warps alone take {floor:.0f} ms above. "
+    body += "The robust average (no DFT) is the fast fallback at the quality shown above."
     sections.append(("Speed at 640x480", body))
     if big:
         rows = [[k, f"{v['wall_ms']:.0f}", f"{v['cpu_ms']:.0f}"] for k, v in big["stages"].items()]

@@ -23,6 +23,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from engine.burst.fft16 import fft16_cols, fft16_rows
+
 # numba's own "workqueue" threads, not OpenMP: OpenMP's workers spin after each kernel, and the
 # merge calls a kernel between every pair of scipy FFTs and OpenCV remaps, whose threads they then
 # starve (merge 140 -> 117 ms with them idle). Workqueue aborts the process if two threads launch
@@ -144,6 +146,159 @@ def overlap_add(tiles: np.ndarray, out: np.ndarray) -> None:
                 for y in range(t):
                     for x in range(t):
                         out[p, s * j + y, s * i + x] += tiles[p, j, i, y, x]
+
+
+# The fused merge for 16x16 tiles: 8 lanes, lane 0 the reference and lanes 1-7 seven other frames
+# (the FFT codelets' layout, fft16.py); larger bursts take several groups of seven.
+_T, _S, _K, _LANES = 16, 8, 9, 8
+
+
+@njit(cache=True, fastmath=True)
+def _fft_tile16(buf: np.ndarray, forward: bool) -> None:
+    """In place on a 16x16 tile of 8 lanes in the codelets' layout (fft16.py). Forward: a real tile,
+    given with its rows 8..15 as the imaginary part of rows 0..7, becomes its half spectrum (eight
+    row transforms of two real rows each, split apart, then columns 0..8, which are all a real
+    tile's spectrum holds). Inverse, the other way round, with columns 9..15 filled in from
+    Hermitian symmetry before the rows (the real part is the tile, times 256).
+    Each codelet is written once, in a loop over the two stages: inlined at four call sites they
+    doubled the compile time (35 s against 19 s) for no speed."""
+    sign = np.float32(-1.0) if forward else np.float32(1.0)
+    for stage in range(2):
+        if forward == (stage == 0):
+            if not forward:  # a real row's spectrum at 16 - x is the conjugate of the one at x
+                for y in range(_T):
+                    for x in range(_K, _T):
+                        o = 2 * (y * _T + x) * _LANES
+                        m = 2 * (y * _T + _T - x) * _LANES
+                        for lane in range(_LANES):
+                            buf[o + lane] = buf[m + lane]
+                            buf[o + _LANES + lane] = -buf[m + _LANES + lane]
+            if forward:  # two real rows per transform, Z = DFT(a + i b), then split:
+                for y in range(_S):
+                    fft16_rows(buf, y * _T, sign)
+                for y in range(_S):  # A[k] = (Z[k] + conj Z[-k]) / 2 to row y, B[k] = (Z[k] - conj Z[-k]) / 2i to row y + 8
+                    for k in range(_K):
+                        o = 2 * (y * _T + k) * _LANES
+                        m = 2 * (y * _T + (_T - k) % _T) * _LANES  # k = 1..7 read 15..9, which no k overwrites
+                        ob = 2 * ((y + _S) * _T + k) * _LANES
+                        for lane in range(_LANES):
+                            zr, zi = buf[o + lane], buf[o + _LANES + lane]
+                            cr, ci = buf[m + lane], -buf[m + _LANES + lane]
+                            buf[o + lane] = np.float32(0.5) * (zr + cr)
+                            buf[o + _LANES + lane] = np.float32(0.5) * (zi + ci)
+                            buf[ob + lane] = np.float32(0.5) * (zi - ci)
+                            buf[ob + _LANES + lane] = np.float32(-0.5) * (zr - cr)
+            else:
+                for y in range(_T):
+                    fft16_rows(buf, y * _T, sign)
+        else:
+            for x in range(_K):
+                fft16_cols(buf, x, sign)
+
+
+@njit(cache=True, fastmath=True, parallel=True)
+def wiener_merge16(ref: np.ndarray, alts: np.ndarray, window: np.ndarray, saturation: float, c: np.ndarray,
+                   conf: np.ndarray, inv_n: float, c2: np.ndarray, spatial: bool, out: np.ndarray) -> None:
+    """The whole temporal (and spatial) Wiener merge of 16x16 tiles at stride 8 in one pass, tile by
+    tile, with no tile or spectrum arrays in memory: the same sums as windowed_differences ->
+    tile_spectra -> wiener_sum -> spatial_shrink -> tile_inverse -> overlap_add, up to float32
+    rounding (tests check).
+
+    ref: (4, R, W) float32 reference planes of a strip; alts: (F, R, W, 4) float32 the frames warped
+    onto it (OpenCV's interleaved planes); window: (16, 16) raised cosine; c, c2: (4, ny, nx) the
+    temporal and spatial Wiener constants per plane and tile; conf: (F, ny, nx) alignment
+    confidence; inv_n: 1 / (F + 1). out: (4, R, W) float32, zero on entry, receives the merged planes
+        sum over tiles of window-overlap-added IDFT(M),  M = R - inv_n sum_z conf_z c / (|D_z|^2 + c) D_z
+    with R = DFT(window * ref), D_z = DFT(window * (ref - frame_z)) (a frame's clipped samples
+    replaced by the reference's), M shrunk by |M|^2 / (|M|^2 + c2) if `spatial`.
+
+    Per tile and plane, the reference and seven frames are transformed at once (one per lane), so
+    D_z = lane 0 - lane z; unused lanes hold the reference, whose D is 0. The inverse takes two
+    tiles' four planes at once. Tile rows of one parity run in parallel, so no two threads add to
+    the same pixel.
+    """
+    f_n = alts.shape[0]
+    p_n, ny, nx = c.shape
+    groups = (f_n + _LANES - 2) // (_LANES - 1)
+    scale = np.float32(1.0 / (_T * _T))
+    for parity in range(2):
+        rows = (ny - parity + 1) // 2
+        for job in prange(rows):
+            j = 2 * job + parity
+            buf = np.empty(_T * _T * 2 * _LANES, np.float32)  # forward: reference + 7 frames
+            inv = np.zeros(_T * _T * 2 * _LANES, np.float32)  # inverse: 2 tiles x 4 planes
+            sr = np.empty(_T * _K, np.float32)  # sum over frames of the Wiener-weighted D_z
+            si = np.empty(_T * _K, np.float32)
+            cf = np.zeros(_LANES, np.float32)
+            for i0 in range(0, nx, 2):
+                for half in range(2):
+                    i = i0 + half
+                    if i >= nx:  # no right-hand tile: its lanes stay zero
+                        for q in range(_T * _T * 2):
+                            for p in range(4):
+                                inv[q * _LANES + 4 * half + p] = 0.0
+                        continue
+                    for p in range(p_n):
+                        cp = c[p, j, i]
+                        sr[:] = 0.0
+                        si[:] = 0.0
+                        for g in range(groups):
+                            for lane in range(1, _LANES):
+                                f = g * (_LANES - 1) + lane - 1
+                                cf[lane] = conf[f, j, i] * cp if f < f_n else 0.0
+                            for y in range(_T):
+                                row = _S * j + y
+                                part = 0 if y < _S else _LANES  # rows 8..15 go in as the imaginary part of rows 0..7
+                                for x in range(_T):
+                                    col = _S * i + x
+                                    w = window[y, x]
+                                    r = ref[p, row, col]
+                                    o = 2 * ((y % _S) * _T + x) * _LANES + part
+                                    buf[o] = w * r
+                                    for lane in range(1, _LANES):
+                                        f = g * (_LANES - 1) + lane - 1
+                                        a = r
+                                        if f < f_n:
+                                            a = alts[f, row, col, p]
+                                            if a >= saturation and r < saturation:
+                                                a = r  # a clipped sample says nothing: the reference speaks
+                                        buf[o + lane] = w * a
+                            _fft_tile16(buf, True)
+                            for u in range(_T):
+                                for v in range(_K):
+                                    o = 2 * (u * _T + v) * _LANES
+                                    rr, ri = buf[o], buf[o + _LANES]
+                                    acc_r = np.float32(0.0)
+                                    acc_i = np.float32(0.0)
+                                    for lane in range(_LANES):
+                                        dr = rr - buf[o + lane]
+                                        di = ri - buf[o + _LANES + lane]
+                                        gain = cf[lane] / (dr * dr + di * di + cp)
+                                        acc_r += gain * dr
+                                        acc_i += gain * di
+                                    sr[u * _K + v] += acc_r
+                                    si[u * _K + v] += acc_i
+                        c2p = c2[p, j, i]
+                        for u in range(_T):
+                            for v in range(_K):
+                                o = 2 * (u * _T + v) * _LANES
+                                mr = buf[o] - inv_n * sr[u * _K + v]
+                                mi = buf[o + _LANES] - inv_n * si[u * _K + v]
+                                if spatial:
+                                    pw = mr * mr + mi * mi
+                                    shrink = pw / (pw + c2p)
+                                    mr *= shrink
+                                    mi *= shrink
+                                inv[o + 4 * half + p] = mr
+                                inv[o + _LANES + 4 * half + p] = mi
+                _fft_tile16(inv, False)
+                for half in range(2):
+                    i = i0 + half
+                    if i < nx:
+                        for p in range(p_n):
+                            for y in range(_T):
+                                for x in range(_T):
+                                    out[p, _S * j + y, _S * i + x] += scale * inv[2 * (y * _T + x) * _LANES + 4 * half + p]
 
 
 # -- alignment ---------------------------------------------------------------------------------------

@@ -14,9 +14,13 @@
     back to the reference, it does not ghost. conf_z is the alignment's tile confidence.
     optional spatial step: the merged spectrum shrunk once more against its reduced noise.
 
-The tiles' 2-D DFTs are batched real FFTs (scipy.fft, float32, on every core); the arithmetic
-between them (difference, clip mask, window, gains, sum over frames, overlap-add) runs as fused
-compiled loops (kernels.py). Both go strip by strip so the working set stays small.
+With 16x16 tiles (the default) one compiled kernel does all of that per tile, from the warped
+frames to the overlap-added result (kernels.wiener_merge16, with generated 8-lane FFT codelets:
+the reference and seven frames are transformed at once), so no tile or spectrum array ever goes
+through memory. Other tile sizes take the general path: batched real FFTs (scipy.fft, float32, on
+every core) with the arithmetic between them (difference, clip mask, window, gains, sum over
+frames, overlap-add) as compiled loops; it is also the reference the fused kernel is tested
+against. Both go strip by strip so the working set stays small.
 
 `merge_robust` is the simple baseline: a per-pixel weighted average whose weights fall to zero
 where a frame differs from the reference by more than the noise allows (after a 3x3 box, so
@@ -176,13 +180,16 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
     var_d = 2.0 * noise.variance(level)  # noise of a frame difference, per plane and tile
     window = raised_cosine(t)
     sum_w2 = float((window**2).sum())
-    correction = np.zeros((4, hp, wp), np.float32)
+    # the fused kernel (t = 16) and the spatial step make the merged planes here; otherwise this is
+    # what the merge takes away from the reference
+    out = np.zeros((4, hp, wp), np.float32)
     spatial = cfg.spatial > 0
+    fused = t == 16
     f = len(others)
     rows_per = max(1, min(ny, cfg.strip_tiles // nx))
     # scratch for one strip, reused by every strip (fresh arrays would page-fault in each time)
     alts_buf = np.empty(f * (rows_per + 1) * s * wp * 4, np.float32)
-    tiles_buf = np.empty(f * 4 * rows_per * nx * t * t, np.float32)
+    tiles_buf = np.empty(0 if fused else f * 4 * rows_per * nx * t * t, np.float32)
     with kernels.LOCK:
         for r0 in range(0, ny, rows_per):
             r1 = min(ny, r0 + rows_per)
@@ -191,35 +198,42 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
             alts = _scratch(alts_buf, (f,) + ref_strip.shape[1:] + (4,))
             for k, i in enumerate(others):
                 alts[k] = warp_rows(planes[i], flows[k], pix, s, cfg.interpolation, interleaved=True)
+            c = (cfg.strength * sum_w2 * var_d[:, r0:r1]).astype(np.float32)  # (4, nr, nx)
+            # spatial Wiener on the merged spectrum, against its noise (about var / N)
+            c2 = (cfg.spatial * sum_w2 * var_d[:, r0:r1] / (2.0 * n)).astype(np.float32)
+            conf_strip = np.ascontiguousarray(conf[:, r0:r1])
+            if fused:
+                kernels.wiener_merge16(ref_strip, alts, window, SATURATION, c, conf_strip, 1.0 / n, c2, spatial,
+                                       out[:, pix])
+                continue
             tiles = _scratch(tiles_buf, (f, 4, r1 - r0, nx, t, t))
             kernels.windowed_differences(ref_strip, alts, window, SATURATION, tiles)
             spec = tile_spectra(tiles, overwrite=True)  # (F, 4, nr, nx, t, t/2+1)
-            c = (cfg.strength * sum_w2 * var_d[:, r0:r1]).astype(np.float32)  # (4, nr, nx)
             acc = np.empty(spec.shape[1:], np.complex64)
-            kernels.wiener_sum(spec, c, np.ascontiguousarray(conf[:, r0:r1]), 1.0 / n, acc)
+            kernels.wiener_sum(spec, c, conf_strip, 1.0 / n, acc)
             if spatial:
                 m = _scratch(tiles_buf, (4, r1 - r0, nx, t, t))
                 kernels.windowed_tiles(ref_strip, window, m)
                 m = tile_spectra(m, overwrite=True)
-                # Spatial Wiener on the merged spectrum, against its noise (about var / N).
-                c2 = (cfg.spatial * sum_w2 * var_d[:, r0:r1] / (2.0 * n)).astype(np.float32)
                 kernels.spatial_shrink(m, acc, c2)  # m: the merged image itself in this mode
                 acc = m
-            kernels.overlap_add(tile_inverse(acc, t), correction[:, pix])
-    merged = correction if spatial else r_pad - correction
+            kernels.overlap_add(tile_inverse(acc, t), out[:, pix])
+    merged = out if fused or spatial else r_pad - out
     return np.ascontiguousarray(merged[:, s : s + h, s : s + w])
 
 
 def warm_up() -> None:
     """Compile the Wiener merge's kernels now, on the calling thread (several seconds the first time on a
     machine, well under one after that: numba caches them on disk), by merging a tiny burst
-    through the same code path, so the same specialisations are made. A processor calls this
-    when it is made, so the engine thread never stops for a compile."""
-    n, t = 2, 8
-    alignment = Alignment(t, np.zeros((n, 2, 2, 2), np.float32), np.ones((n, 2, 2), np.float32), (2 * t, 2 * t), 0,
-                          "tiles", np.zeros((n, 2, 3), np.float32))
-    planes = np.full((n, 4, 2 * t, 2 * t), 0.25, np.float32)
-    merge_wiener(planes, alignment, NoiseModel((1e-4,) * 4, (1e-6,) * 4), MergeConfig(tile=t))
+    through both code paths (the fused 16x16 one and the general one), so the same
+    specialisations are made. A processor calls this when it is made, so the engine thread never
+    stops for a compile."""
+    n = 2
+    for t in (16, 8):
+        alignment = Alignment(t, np.zeros((n, 2, 2, 2), np.float32), np.ones((n, 2, 2), np.float32), (2 * t, 2 * t),
+                              0, "tiles", np.zeros((n, 2, 3), np.float32))
+        planes = np.full((n, 4, 2 * t, 2 * t), 0.25, np.float32)
+        merge_wiener(planes, alignment, NoiseModel((1e-4,) * 4, (1e-6,) * 4), MergeConfig(tile=t))
 
 
 def _scratch(buf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
