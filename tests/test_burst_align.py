@@ -170,3 +170,24 @@ def test_warp_kernels_stay_inside_the_image_for_any_flow():
         kernels.warped_tile_sums(alt, alt[0], alt[0], alt[0], model, resid, tile, out, np.empty((0, 1, 1), np.float32))
         ssd = np.empty((f, 4, 4, 9), np.float32)
         kernels.shifted_tile_ssd(alt, alt[0], model, resid, tile, ssd)
+
+
+def test_affine_fit_ignores_outlier_tiles_and_falls_back_to_a_translation_then_to_zero():
+    from engine.burst.align import _fit_affine, tile_centres
+
+    rng = np.random.default_rng(4)
+    centres = tile_centres(15, 20, 16)
+    truth = np.array([[0.01, -0.02, 3.5], [0.02, 0.01, -2.0]])
+    pts = np.concatenate([centres, np.ones((15, 20, 1))], axis=-1)
+    flow = (pts @ truth.T + rng.normal(0, 0.03, (15, 20, 2)))[None].astype(np.float32)
+    flow[0, 3:8, 4:9] += (12.0, -7.0)  # a moving object covering 25 of 300 tiles
+    weight = np.ones((15, 20), np.float32)
+    model = _fit_affine(centres, flow, weight)[0]
+    grid = pts.reshape(-1, 3)
+    assert np.abs(grid @ model.T - grid @ truth.T).max() < 0.05  # the object did not pull the model
+    few = np.zeros((15, 20), np.float32)
+    few[0, :5] = 1.0  # five usable tiles in one row: a translation only, about their mean
+    model = _fit_affine(centres, flow, few)[0]
+    assert np.allclose(model[:, :2], 0.0) and np.allclose(model[:, 2], flow[0, 0, :5].mean(axis=0), atol=0.1)
+    few[0, 2:] = 0.1  # two usable tiles: no model at all
+    assert np.array_equal(_fit_affine(centres, flow, few), np.zeros((1, 2, 3), np.float32))

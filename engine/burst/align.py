@@ -450,31 +450,15 @@ _LK_SIGMA = 0.8
 
 def _fit_affine(centres: np.ndarray, flow: np.ndarray, weight: np.ndarray, iterations: int = 4) -> np.ndarray:
     """Robust affine flow model per frame: (ny, nx, 2) centres, (F, ny, nx, 2) tile flows,
-    (ny, nx) weights -> (F, 2, 3). Iteratively reweighted least squares (normal equations, all
-    frames at once) with a Cauchy weight on the residual; with too few reliable tiles spread over
-    the frame, a translation (weighted mean) instead; with none, zero."""
+    (ny, nx) weights -> (F, 2, 3). Iteratively reweighted least squares with a Cauchy weight on
+    the residual, so tiles on a moving object do not pull the camera's model; with too few
+    reliable tiles spread over the frame, a translation (weighted mean) instead; with none, zero.
+    The arithmetic is kernels.fit_affine_irls."""
     f = flow.shape[0]
-    pts = centres.reshape(-1, 2).astype(np.float64)
-    x = np.column_stack([pts, np.ones(len(pts))])
-    w0 = weight.reshape(-1).astype(np.float64)
-    usable = w0 > 0.2
-    out = np.zeros((f, 2, 3), np.float32)
-    if usable.sum() < 3:
-        return out
-    v = flow.reshape(f, -1, 2).astype(np.float64)
-    full = usable.sum() >= 8 and np.ptp(pts[usable, 0]) > 0 and np.ptp(pts[usable, 1]) > 0
-    w = np.repeat(w0[None], f, axis=0)
-    a = np.zeros((f, 2, 3))
-    for _ in range(iterations):
-        if full:  # matmuls, not einsum: the same sums in a fifth of the time
-            xtw = x.T[None] * w[:, None, :]  # (F, 3, K)
-            a = np.linalg.solve(xtw @ x + 1e-9 * np.eye(3), xtw @ v).transpose(0, 2, 1)
-        else:
-            a[:, :, 2] = (w[:, None, :] @ v)[:, 0] / np.maximum(w.sum(axis=1), 1e-12)[:, None]
-        r = np.linalg.norm(v - x @ a.transpose(0, 2, 1), axis=-1)
-        scale = np.maximum(1.4826 * np.median(r[:, usable], axis=1), 0.05)
-        w = w0[None] / (1.0 + (r / (2.0 * scale[:, None])) ** 2)
-    return a.astype(np.float32)
+    pts = np.ascontiguousarray(centres.reshape(-1, 2), np.float64)
+    v = np.ascontiguousarray(flow.reshape(f, -1, 2), np.float64)
+    w0 = np.ascontiguousarray(weight.reshape(-1), np.float64)
+    return kernels.fit_affine_irls(pts, v, w0, iterations).astype(np.float32)
 
 
 def _tile_ssd(L: _Level, model: np.ndarray, resid: np.ndarray | None) -> np.ndarray:

@@ -1,16 +1,19 @@
 """Compiled inner loops of the burst path (numba): one pass where numpy and OpenCV need several.
 
-Merge: the arithmetic between the FFTs is elementwise over small (16 x 16 or 16 x 9) tiles; numpy
-runs each step (difference, clip mask, window, |D|^2, gain, product, sum over frames) as its own
-pass through memory with inner loops of 16 elements, which cost more than the FFTs themselves.
+Merge: for 16x16 tiles, the whole per-tile chain (window, FFT, Wiener gains, inverse FFT,
+overlap-add) is one kernel, so no tile or spectrum array passes through memory (wiener_merge16).
+For other tile sizes the FFTs are scipy's, and the arithmetic between them is elementwise over
+small tiles; numpy ran each step (difference, clip mask, window, |D|^2, gain, product, sum over
+frames) as its own pass through memory, which cost more than the FFTs themselves.
 Align: every Lucas-Kanade step and tile test warps each frame by its affine model plus its tiles'
 own flows and sums products per tile; as OpenCV calls that is an affine map, a tile map, a remap,
 and three products with three area resizes per frame, most of them tiny at the coarse levels.
 These kernels fuse each chain into one loop per tile, over both cores. Their results equal the
 numpy/OpenCV expressions in their docstrings up to float32 rounding (tests check).
 
-Compiled on first use (about 12 s for all of them on this machine) and cached beside this file
-(`cache=True`), so later runs and processes load them in well under a second. Data-dependent
+Compiled on first use (about 40 s for all of them on this machine, most of it the fused merge
+kernel's unrolled FFTs) and cached beside this file (`cache=True`), so later runs and processes
+load them in about a second. Data-dependent
 indices (the warps' sample positions) are folded into the image by `_reflect`, which returns an
 index inside it for any input, NaN included: numba does not check bounds.
 """
@@ -160,11 +163,11 @@ def _fft_tile16(buf: np.ndarray, forward: bool) -> None:
     row transforms of two real rows each, split apart, then columns 0..8, which are all a real
     tile's spectrum holds). Inverse, the other way round, with columns 9..15 filled in from
     Hermitian symmetry before the rows (the real part is the tile, times 256).
-    Each codelet is written once, in a loop over the two stages: inlined at four call sites they
-    doubled the compile time (35 s against 19 s) for no speed."""
+    Each codelet is inlined once, in a loop over the two stages: every inlined copy costs several
+    seconds of compile time (four copies took 35 s against 19 s for two) and buys no speed."""
     sign = np.float32(-1.0) if forward else np.float32(1.0)
     for stage in range(2):
-        if forward == (stage == 0):
+        if forward == (stage == 0):  # the rows
             if not forward:  # a real row's spectrum at 16 - x is the conjugate of the one at x
                 for y in range(_T):
                     for x in range(_K, _T):
@@ -173,10 +176,10 @@ def _fft_tile16(buf: np.ndarray, forward: bool) -> None:
                         for lane in range(_LANES):
                             buf[o + lane] = buf[m + lane]
                             buf[o + _LANES + lane] = -buf[m + _LANES + lane]
-            if forward:  # two real rows per transform, Z = DFT(a + i b), then split:
+            for y in range(_S if forward else _T):  # forward: two real rows per transform, Z = DFT(a + i b)
+                fft16_rows(buf, y * _T, sign)
+            if forward:  # split: A[k] = (Z[k] + conj Z[-k]) / 2 to row y, B[k] = (Z[k] - conj Z[-k]) / 2i to row y + 8
                 for y in range(_S):
-                    fft16_rows(buf, y * _T, sign)
-                for y in range(_S):  # A[k] = (Z[k] + conj Z[-k]) / 2 to row y, B[k] = (Z[k] - conj Z[-k]) / 2i to row y + 8
                     for k in range(_K):
                         o = 2 * (y * _T + k) * _LANES
                         m = 2 * (y * _T + (_T - k) % _T) * _LANES  # k = 1..7 read 15..9, which no k overwrites
@@ -188,10 +191,7 @@ def _fft_tile16(buf: np.ndarray, forward: bool) -> None:
                             buf[o + _LANES + lane] = np.float32(0.5) * (zi + ci)
                             buf[ob + lane] = np.float32(0.5) * (zi - ci)
                             buf[ob + _LANES + lane] = np.float32(-0.5) * (zr - cr)
-            else:
-                for y in range(_T):
-                    fft16_rows(buf, y * _T, sign)
-        else:
+        else:  # the columns
             for x in range(_K):
                 fft16_cols(buf, x, sign)
 
@@ -302,6 +302,68 @@ def wiener_merge16(ref: np.ndarray, alts: np.ndarray, window: np.ndarray, satura
 
 
 # -- alignment ---------------------------------------------------------------------------------------
+@njit(cache=True)
+def fit_affine_irls(pts: np.ndarray, flow: np.ndarray, w0: np.ndarray, iterations: int) -> np.ndarray:
+    """Robust affine flow per frame by iteratively reweighted least squares (align._fit_affine says
+    what and why; this is its arithmetic, compiled: as numpy calls on a few hundred tiles it was
+    call overhead, about 1.3 ms per fit and four fits per burst).
+
+    pts: (K, 2) float64 tile centres; flow: (F, K, 2) float64; w0: (K,) float64 prior weights.
+    Returns (F, 2, 3) float64. Tiles with w0 > 0.2 are usable; with fewer than 3 the model is zero;
+    with fewer than 8, or all in one row or column, only a translation (weighted mean) is fitted.
+    Each step: solve the weighted normal equations (+1e-9 ridge), then reweight by a Cauchy
+    function of the residual |v - A x| at twice the robust scale 1.4826 median(|r| over usable tiles),
+    floored at 0.05 px."""
+    k_n = pts.shape[0]
+    f_n = flow.shape[0]
+    out = np.zeros((f_n, 2, 3))
+    usable = w0 > 0.2
+    n_use = usable.sum()
+    if n_use < 3:
+        return out
+    ux, uy = pts[usable, 0], pts[usable, 1]
+    full = n_use >= 8 and ux.max() > ux.min() and uy.max() > uy.min()
+    r_use = np.empty(n_use)
+    for f in range(f_n):
+        w = w0.copy()
+        a = np.zeros((2, 3))
+        for _ in range(iterations):
+            if full:
+                m = np.zeros((3, 3))
+                b = np.zeros((3, 2))
+                for k in range(k_n):
+                    x = (pts[k, 0], pts[k, 1], 1.0)
+                    for r in range(3):
+                        wx = w[k] * x[r]
+                        for c in range(3):
+                            m[r, c] += wx * x[c]
+                        b[r, 0] += wx * flow[f, k, 0]
+                        b[r, 1] += wx * flow[f, k, 1]
+                for r in range(3):
+                    m[r, r] += 1e-9
+                a = np.linalg.solve(m, b).T.copy()
+            else:
+                sw = max(w.sum(), 1e-12)
+                a[0, 2] = (w * flow[f, :, 0]).sum() / sw
+                a[1, 2] = (w * flow[f, :, 1]).sum() / sw
+            res = np.empty(k_n)
+            u = 0
+            for k in range(k_n):
+                dx = flow[f, k, 0] - (a[0, 0] * pts[k, 0] + a[0, 1] * pts[k, 1] + a[0, 2])
+                dy = flow[f, k, 1] - (a[1, 0] * pts[k, 0] + a[1, 1] * pts[k, 1] + a[1, 2])
+                res[k] = np.sqrt(dx * dx + dy * dy)
+                if usable[k]:
+                    r_use[u] = res[k]
+                    u += 1
+            scale = max(1.4826 * np.median(r_use), 0.05)
+            for k in range(k_n):
+                q = res[k] / (2.0 * scale)
+                w[k] = w0[k] / (1.0 + q * q)
+        out[f] = a
+    return out
+
+
+# -- alignment, warps ---------------------------------------------------------------------------------------
 @njit(inline="always")
 def _reflect(i: int, n: int) -> int:
     """Index i folded into 0..n-1 as OpenCV's BORDER_REFLECT_101 does (one fold, then clamped)."""

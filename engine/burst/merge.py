@@ -223,8 +223,9 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
 
 
 def warm_up() -> None:
-    """Compile the Wiener merge's kernels now, on the calling thread (several seconds the first time on a
-    machine, well under one after that: numba caches them on disk), by merging a tiny burst
+    """Compile the Wiener merge's kernels now, on the calling thread (about 35 s the first time on a
+    machine, most of it the fused kernel's unrolled FFTs; about a second after that: numba caches
+    them on disk), by merging a tiny burst
     through both code paths (the fused 16x16 one and the general one), so the same
     specialisations are made. A processor calls this when it is made, so the engine thread never
     stops for a compile."""
