@@ -191,3 +191,20 @@ def test_affine_fit_ignores_outlier_tiles_and_falls_back_to_a_translation_then_t
     assert np.allclose(model[:, :2], 0.0) and np.allclose(model[:, 2], flow[0, 0, :5].mean(axis=0), atol=0.1)
     few[0, 2:] = 0.1  # two usable tiles: no model at all
     assert np.array_equal(_fit_affine(centres, flow, few), np.zeros((1, 2, 3), np.float32))
+
+
+def test_offset_search_table_matches_numpy_with_reflected_borders():
+    from engine.burst import kernels
+    from engine.burst.align import tile_means
+
+    rng = np.random.default_rng(6)
+    ref = rng.random((24, 40), dtype=np.float32)
+    alt = rng.random((3, 24, 40), dtype=np.float32)
+    r = 4
+    out = np.empty((2 * r + 1, 2 * r + 1, 3, 3, 5), np.float32)
+    kernels.offset_tile_ssd(alt, ref, 8, r, out)
+    padded = np.pad(alt, ((0, 0), (r, r), (r, r)), mode="reflect")  # REFLECT_101
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            d = padded[:, dy : dy + 24, dx : dx + 40] - ref
+            assert np.allclose(out[dy, dx], tile_means(d * d, 8), rtol=1e-5), (dy, dx)

@@ -320,13 +320,11 @@ def _coarse_search(ref: np.ndarray, alt: np.ndarray, tile: int, radius: int) -> 
     quadratic fit of the SSD around the minimum. ref (H, W), alt (F, H, W) -> flows (F, ny, nx, 2)
     and the mean squared difference left at the best offset (F, ny, nx)."""
     f, hh, ww = alt.shape
-    a_pad = np.pad(alt, ((0, 0), (radius, radius), (radius, radius)), mode="reflect")
     size = 2 * radius + 1
     ssd = np.empty((size, size, f, hh // tile, ww // tile), np.float32)
-    for dy in range(size):
-        for dx in range(size):
-            d = a_pad[:, dy : dy + hh, dx : dx + ww] - ref
-            ssd[dy, dx] = tile_means(d * d, tile)
+    with kernels.LOCK:
+        kernels.offset_tile_ssd(np.ascontiguousarray(alt, np.float32), np.ascontiguousarray(ref, np.float32), tile,
+                                radius, ssd)
     by, bx = np.divmod(ssd.reshape(size * size, *ssd.shape[2:]).argmin(axis=0), size)
     sub_x, sub_y = _quadratic_subpixel(ssd, by, bx)
     best = ssd.reshape(size * size, *ssd.shape[2:]).min(axis=0)

@@ -363,6 +363,39 @@ def fit_affine_irls(pts: np.ndarray, flow: np.ndarray, w0: np.ndarray, iteration
     return out
 
 
+@njit(cache=True, fastmath=True, parallel=True)
+def offset_tile_ssd(alt: np.ndarray, ref: np.ndarray, tile: int, radius: int, out: np.ndarray) -> None:
+    """The exhaustive search's table: out (2r+1, 2r+1, F, ny, nx) float32 = per tile the mean of
+    (alt[f, y + dy, x + dx] - ref[y, x])^2 over the tile's pixels, for every whole-pixel offset
+    dy, dx in -r..r (index dy + r, dx + r); alt (F, H, W) read past its edges reflected (REFLECT_101,
+    numpy's "reflect"), ref (H, W) with H, W >= ny tile, nx tile."""
+    size, _, f_n, ny, nx = out.shape
+    h, w = alt.shape[1], alt.shape[2]
+    inv = np.float32(1.0 / (tile * tile))
+    for job in prange(f_n * ny):
+        f = job // ny
+        j = job % ny
+        img = alt[f]
+        for i in range(nx):
+            for dy in range(size):
+                for dx in range(size):
+                    oy, ox = dy - radius, dx - radius
+                    inside = (j * tile + oy >= 0 and (j + 1) * tile + oy <= h and i * tile + ox >= 0
+                              and (i + 1) * tile + ox <= w)
+                    s = np.float32(0.0)
+                    for y in range(j * tile, (j + 1) * tile):
+                        if inside:  # the common case, with no folding: a loop LLVM vectorises
+                            for x in range(i * tile, (i + 1) * tile):
+                                d = img[y + oy, x + ox] - ref[y, x]
+                                s += d * d
+                        else:
+                            sy = _reflect(y + oy, h)
+                            for x in range(i * tile, (i + 1) * tile):
+                                d = img[sy, _reflect(x + ox, w)] - ref[y, x]
+                                s += d * d
+                    out[dy, dx, f, j, i] = s * inv
+
+
 # -- alignment, warps ---------------------------------------------------------------------------------------
 @njit(inline="always")
 def _reflect(i: int, n: int) -> int:
