@@ -208,3 +208,21 @@ def test_offset_search_table_matches_numpy_with_reflected_borders():
         for dx in range(2 * r + 1):
             d = padded[:, dy : dy + 24, dx : dx + 40] - ref
             assert np.allclose(out[dy, dx], tile_means(d * d, 8), rtol=1e-5), (dy, dx)
+
+
+@pytest.mark.parametrize("cfg", [AlignConfig(), AlignConfig(global_model=False), AlignConfig(method="dis")])
+def test_sample_map_is_the_dense_flow_replicated_past_the_edges_plus_the_pixel_grid(cfg):
+    import cv2
+
+    b = burst(4, gain=2, size=(256, 192), seed=11)
+    al = align(grey(b.noisy), 0, noise_model(b), cfg)
+    h, w = al.shape
+    pad, extra = 8, 5  # the merge grows the frame by half a tile, and a little more at the bottom and right
+    width = w + 2 * pad + extra
+    for i in range(1, 4):
+        flow = cv2.copyMakeBorder(al.flow(i), pad, pad + extra, pad, pad + extra, cv2.BORDER_REPLICATE)
+        ys, xs = np.mgrid[0 : flow.shape[0], 0 : flow.shape[1]].astype(np.float32) - pad
+        want = np.stack([xs + flow[..., 0], ys + flow[..., 1]], axis=-1)
+        for rows in (slice(0, 40), slice(90, h + 2 * pad + extra)):
+            got = al.sample_map(i, rows, pad, width)
+            assert got.shape == want[rows].shape and np.abs(got - want[rows]).max() < 1e-3

@@ -108,9 +108,34 @@ class Alignment:
         h, w = self.shape
         if self.affine is None:
             return upsample_flow(self.tile_flow[i], self.tile, h, w)
-        centres = tile_centres(*self.tile_flow.shape[1:3], self.tile)
-        resid = self.tile_flow[i] - affine_at(self.affine[i], centres)
-        return affine_dense(self.affine[i], h, w) + upsample_flow(resid, self.tile, h, w)
+        return affine_dense(self.affine[i], h, w) + upsample_flow(self._residual(i), self.tile, h, w)
+
+    def sample_map(self, i: int, rows: slice, pad: int, width: int) -> np.ndarray:
+        """(len(rows), width, 2) float32 source points (x, y) + flow(x, y) of frame i for rows
+        `rows` of the frame grown by `pad` on every side (the flow replicated past the edges):
+        the map a remap onto the reference takes. Tile alignments build it in one compiled pass
+        (kernels.tile_flow_sample_map), without the dense flow."""
+        h, w = self.shape
+        out = np.empty((rows.stop - rows.start, width, 2), np.float32)
+        if self.dense is None:
+            a = np.zeros((2, 3), np.float32) if self.affine is None else np.ascontiguousarray(self.affine[i], np.float32)
+            grid = extend_tile_grid(self._residual(i))
+            with kernels.LOCK:
+                kernels.tile_flow_sample_map(a, grid, self.tile, h, w, rows.start, pad, out)
+            return out
+        bottom = max(rows.stop - pad - h, 0)
+        flow = cv2.copyMakeBorder(self.dense[i], pad, bottom, pad, width - w - pad, cv2.BORDER_REPLICATE)[rows]
+        xs = np.arange(width, dtype=np.float32) - pad
+        ys = np.arange(rows.start, rows.stop, dtype=np.float32)[:, None] - pad
+        out[..., 0] = xs + flow[..., 0]
+        out[..., 1] = ys + flow[..., 1]
+        return out
+
+    def _residual(self, i: int) -> np.ndarray:
+        """(ny, nx, 2) frame i's tile flows less its affine model at the tile centres."""
+        if self.affine is None:
+            return self.tile_flow[i]
+        return self.tile_flow[i] - affine_at(self.affine[i], tile_centres(*self.tile_flow.shape[1:3], self.tile))
 
 
 # -- small pure helpers -----------------------------------------------------------------------------
@@ -134,14 +159,21 @@ def affine_dense(a: np.ndarray, h: int, w: int) -> np.ndarray:
     return out
 
 
-def upsample_flow(tile_flow: np.ndarray, tile: int, h: int, w: int) -> np.ndarray:
-    """(ny, nx, 2) flow at tile centres -> (h, w, 2) by bilinear interpolation, extrapolated
-    linearly past the outer tile centres (so a rotation stays a rotation up to the edges)."""
+def extend_tile_grid(tile_flow: np.ndarray) -> np.ndarray:
+    """(ny, nx, 2) values at tile centres -> (ny + 2, nx + 2, 2) with a ring extrapolated linearly
+    (replicated along an axis of one tile), so interpolation reaches the image edges."""
     ny, nx = tile_flow.shape[:2]
     f = np.ascontiguousarray(tile_flow, np.float32)
     f = np.concatenate([2 * f[:1] - f[1:2], f, 2 * f[-1:] - f[-2:-1]] if ny > 1 else [f, f, f], axis=0)
     f = np.concatenate([2 * f[:, :1] - f[:, 1:2], f, 2 * f[:, -1:] - f[:, -2:-1]] if nx > 1 else [f, f, f], axis=1)
-    big = cv2.resize(f, ((nx + 2) * tile, (ny + 2) * tile), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(f)
+
+
+def upsample_flow(tile_flow: np.ndarray, tile: int, h: int, w: int) -> np.ndarray:
+    """(ny, nx, 2) flow at tile centres -> (h, w, 2) by bilinear interpolation, extrapolated
+    linearly past the outer tile centres (so a rotation stays a rotation up to the edges)."""
+    ny, nx = tile_flow.shape[:2]
+    big = cv2.resize(extend_tile_grid(tile_flow), ((nx + 2) * tile, (ny + 2) * tile), interpolation=cv2.INTER_LINEAR)
     return np.ascontiguousarray(big[tile : tile + h, tile : tile + w])
 
 

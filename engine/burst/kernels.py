@@ -31,10 +31,11 @@ from engine.burst.fft16 import fft16_cols, fft16_rows
 # numba's own "workqueue" threads, not OpenMP: OpenMP's workers spin after each kernel, and the
 # merge calls a kernel between every pair of scipy FFTs and OpenCV remaps, whose threads they then
 # starve (merge 140 -> 117 ms with them idle). Workqueue aborts the process if two threads launch
-# parallel kernels at once, so callers hold LOCK around their kernel calls.
+# parallel kernels at once, so callers hold LOCK around their kernel calls. Re-entrant: a caller
+# holding it may call code that takes it again (the merge's strip loop asks the alignment for maps).
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
-LOCK = threading.Lock()
+LOCK = threading.RLock()
 
 
 @njit(cache=True, fastmath=True, parallel=True)
@@ -394,6 +395,52 @@ def offset_tile_ssd(alt: np.ndarray, ref: np.ndarray, tile: int, radius: int, ou
                                 d = img[sy, _reflect(x + ox, w)] - ref[y, x]
                                 s += d * d
                     out[dy, dx, f, j, i] = s * inv
+
+
+@njit(cache=True, fastmath=True)
+def tile_flow_sample_map(a: np.ndarray, grid: np.ndarray, tile: int, h: int, w: int, row0: int, pad: int,
+                         out: np.ndarray) -> None:
+    """Where a frame is sampled to land on the reference, straight from its alignment, for a remap.
+
+    out: (R, W, 2) float32, for rows row0 .. row0 + R of the (h, w) frame grown by `pad` on every
+    side: at output pixel (x, y) (frame coordinates, x = column - pad, y = row0 + row - pad) the
+    source point (x, y) + flow(cx, cy), with (cx, cy) the point clamped into the frame (the flow
+    replicated past its edges) and flow = the affine model a (2, 3) + the tile residuals bilinear
+    between tile centres: grid (ny + 2, nx + 2, 2) holds them with the ring align.extend_tile_grid
+    extrapolates, sampled as cv2.resize(INTER_LINEAR) at `tile` times its size does. The same
+    numbers as copyMakeBorder(Alignment.flow(i), REPLICATE) plus the pixel grid, without the
+    dense flow arrays."""
+    gh, gw = grid.shape[0], grid.shape[1]
+    rows, width = out.shape[0], out.shape[1]
+    inv_t = np.float32(1.0 / tile)
+    # per column, once: the clamped x, and where it falls in the grid (cv2.resize's rule, cropped by one tile)
+    cxs = np.empty(width, np.float32)
+    u0s = np.empty(width, np.int64)
+    fus = np.empty(width, np.float32)
+    for xx in range(width):
+        cx = min(max(xx - pad, 0), w - 1)
+        u = (np.float32(cx) + np.float32(0.5)) * inv_t + np.float32(0.5)
+        u0s[xx] = min(int(u), gw - 2)
+        fus[xx] = min(u - np.float32(u0s[xx]), np.float32(1.0))
+        cxs[xx] = cx
+    line = np.empty((gw, 2), np.float32)  # the grid interpolated to the current row
+    for r in range(rows):  # serial: a parallel launch costs more than these few hundred thousand samples
+        y = row0 + r - pad
+        cy = min(max(y, 0), h - 1)
+        v = (np.float32(cy) + np.float32(0.5)) * inv_t + np.float32(0.5)
+        v0 = min(int(v), gh - 2)
+        fv = min(v - np.float32(v0), np.float32(1.0))
+        for k in range(gw):
+            for c in range(2):
+                line[k, c] = grid[v0, k, c] + fv * (grid[v0 + 1, k, c] - grid[v0, k, c])
+        bx = a[0, 1] * np.float32(cy) + a[0, 2]
+        by = a[1, 1] * np.float32(cy) + a[1, 2]
+        for xx in range(width):
+            u0, fu, cx = u0s[xx], fus[xx], cxs[xx]
+            rx = line[u0, 0] + fu * (line[u0 + 1, 0] - line[u0, 0])
+            ry = line[u0, 1] + fu * (line[u0 + 1, 1] - line[u0, 1])
+            out[r, xx, 0] = np.float32(xx - pad) + a[0, 0] * cx + bx + rx
+            out[r, xx, 1] = np.float32(y) + a[1, 0] * cx + by + ry
 
 
 # -- alignment, warps ---------------------------------------------------------------------------------------

@@ -81,32 +81,26 @@ class MergeConfig:
 
 
 # -- warping ----------------------------------------------------------------------------------------
-def warp_planes(planes: np.ndarray, flow: np.ndarray, interpolation: str = "cubic",
-                rows: slice | None = None, pad: int = 0) -> np.ndarray:
-    """(4, h, w) planes sampled at x + flow(x) -> (4, h', w') aligned planes.
-
-    rows: output rows to make, in the padded frame (default: all); pad: the output is the
-    planes' frame grown by `pad` pixels on every side (the flow is extended by replication).
-    """
-    if pad:
-        flow = cv2.copyMakeBorder(flow, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    return warp_rows(planes, flow, rows or slice(0, flow.shape[0]), pad, interpolation)
+def warp_planes(planes: np.ndarray, flow: np.ndarray, interpolation: str = "cubic") -> np.ndarray:
+    """(4, h, w) planes sampled at x + flow(x), flow (h, w, 2) -> (4, h, w) aligned planes."""
+    h, w = flow.shape[:2]
+    points = np.empty((h, w, 2), np.float32)
+    points[..., 0] = np.arange(w, dtype=np.float32) + flow[..., 0]
+    points[..., 1] = np.arange(h, dtype=np.float32)[:, None] + flow[..., 1]
+    return warp_rows(planes, points, interpolation)
 
 
-def warp_rows(planes: np.ndarray, flow: np.ndarray, rows: slice, pad: int, interpolation: str = "cubic",
+def warp_rows(planes: np.ndarray, points: np.ndarray, interpolation: str = "cubic",
               interleaved: bool = False) -> np.ndarray:
-    """Rows `rows` of the (4, h, w) planes warped by a flow given on the frame grown by `pad`
-    pixels on every side ((h + 2 pad, w + 2 pad, 2) or larger), -> (4, len(rows), flow width),
-    or (len(rows), flow width, 4) as OpenCV made it when `interleaved`.
+    """The (4, h, w) planes sampled at `points` (R, W, 2) float32 (x, y) in plane pixels (a
+    remap's map, e.g. Alignment.sample_map), borders reflected -> (4, R, W), or (R, W, 4) as
+    OpenCV made it when `interleaved`.
 
     The four planes are warped together: only the band of source rows the output reads (rows
     past the top and bottom reflected, as OpenCV's REFLECT_101 would) is interleaved, remapped
     once, and split back.
     """
-    f = flow[rows]
-    ys = np.arange(rows.start, rows.stop, dtype=np.float32)[:, None] - pad
-    xs = np.arange(flow.shape[1], dtype=np.float32)[None, :] - pad
-    map_y = ys + f[..., 1]
+    map_y = points[..., 1]
     top = int(np.floor(map_y.min())) - 3
     bottom = int(np.ceil(map_y.max())) + 4
     last = planes.shape[1] - 1
@@ -116,7 +110,8 @@ def warp_rows(planes: np.ndarray, flow: np.ndarray, rows: slice, pad: int, inter
         idx = np.abs(np.arange(top, bottom))  # reflect (OpenCV's REFLECT_101) at the top...
         band = planes[:, np.where(idx > last, 2 * last - idx, idx).clip(0, last)]  # ...and at the bottom
     src = cv2.merge([np.ascontiguousarray(p) for p in band])  # (rows, w, 4) in one vectorised pass
-    m1, m2 = cv2.convertMaps(xs + f[..., 0], map_y - top, cv2.CV_16SC2)
+    m1, m2 = cv2.convertMaps(points, None, cv2.CV_16SC2)
+    m1[..., 1] -= top  # the band's rows start at `top`
     out = cv2.remap(src, m1, m2, _INTERPOLATION[interpolation], borderMode=cv2.BORDER_REFLECT101)
     return out if interleaved else np.ascontiguousarray(out.transpose(2, 0, 1))
 
@@ -172,8 +167,6 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
     eh, ew = -h % s, -w % s
     hp, wp = h + eh + t, w + ew + t
     r_pad = np.stack([cv2.copyMakeBorder(p, s, s + eh, s, s + ew, cv2.BORDER_REFLECT101) for p in ref_planes])
-    # each frame's dense flow, once, on the padded frame (edges replicated)
-    flows = [cv2.copyMakeBorder(alignment.flow(i), s, s + eh, s, s + ew, cv2.BORDER_REPLICATE) for i in others]
     ny, nx = hp // s - 1, wp // s - 1
     conf = _confidence_on_tiles(alignment, others, ny, nx, s)  # (F, ny, nx)
     level = _tile_means(r_pad, t)  # (4, ny, nx) reference level per tile
@@ -196,8 +189,8 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
             pix = slice(r0 * s, (r1 + 1) * s)  # padded rows these tile rows cover
             ref_strip = np.ascontiguousarray(r_pad[:, pix])
             alts = _scratch(alts_buf, (f,) + ref_strip.shape[1:] + (4,))
-            for k, i in enumerate(others):
-                alts[k] = warp_rows(planes[i], flows[k], pix, s, cfg.interpolation, interleaved=True)
+            for k, i in enumerate(others):  # each frame warped onto the padded reference's rows
+                alts[k] = warp_rows(planes[i], alignment.sample_map(i, pix, s, wp), cfg.interpolation, interleaved=True)
             c = (cfg.strength * sum_w2 * var_d[:, r0:r1]).astype(np.float32)  # (4, nr, nx)
             # spatial Wiener on the merged spectrum, against its noise (about var / N)
             c2 = (cfg.spatial * sum_w2 * var_d[:, r0:r1] / (2.0 * n)).astype(np.float32)
