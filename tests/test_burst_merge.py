@@ -245,3 +245,18 @@ def test_merging_in_strips_gives_the_same_picture_as_in_one_piece():
         d = np.abs(merge(b.noisy, al, nm, MergeConfig(strip_tiles=tiles)) - whole)
         # equal but for OpenCV's remap rounding its coordinates to 1/32 pixel (relative to a strip)
         assert d.max() < 2e-4 and d.mean() < 1e-6, (d.max(), d.mean())
+
+
+def test_planes_warp_together_as_each_would_alone_past_every_edge():
+    import cv2
+
+    from engine.burst.merge import warp_planes
+
+    rng = np.random.default_rng(8)
+    planes = rng.random((4, 60, 80), dtype=np.float32)
+    flow = rng.normal(0, 4, (60, 80, 2)).astype(np.float32)  # samples up to ~15 px outside on every side
+    ys, xs = np.mgrid[0:60, 0:80].astype(np.float32)
+    m1, m2 = cv2.convertMaps(xs + flow[..., 0], ys + flow[..., 1], cv2.CV_16SC2)
+    for interpolation, flag in (("cubic", cv2.INTER_CUBIC), ("linear", cv2.INTER_LINEAR)):
+        want = np.stack([cv2.remap(p, m1, m2, flag, borderMode=cv2.BORDER_REFLECT101) for p in planes])
+        assert np.abs(warp_planes(planes, flow, interpolation) - want).max() < 1e-6

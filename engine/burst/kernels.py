@@ -302,6 +302,19 @@ def wiener_merge16(ref: np.ndarray, alts: np.ndarray, window: np.ndarray, satura
                                     out[p, _S * j + y, _S * i + x] += scale * inv[2 * (y * _T + x) * _LANES + 4 * half + p]
 
 
+@njit(cache=True)
+def interleave_rows(planes: np.ndarray, top: int, out: np.ndarray) -> None:
+    """out (R, W, P) = planes (P, H, W) rows top .. top + R side by side, as cv2.merge makes them
+    (what OpenCV's remap warps in one pass), rows outside 0..H-1 reflected (REFLECT_101): one pass
+    where fancy indexing and cv2.merge took two. Serial: a parallel launch costs more than this."""
+    p_n, h, w = planes.shape
+    for r in range(out.shape[0]):
+        y = _reflect(top + r, h)
+        for x in range(w):
+            for p in range(p_n):
+                out[r, x, p] = planes[p, y, x]
+
+
 # -- alignment ---------------------------------------------------------------------------------------
 @njit(cache=True)
 def fit_affine_irls(pts: np.ndarray, flow: np.ndarray, w0: np.ndarray, iterations: int) -> np.ndarray:

@@ -103,13 +103,8 @@ def warp_rows(planes: np.ndarray, points: np.ndarray, interpolation: str = "cubi
     map_y = points[..., 1]
     top = int(np.floor(map_y.min())) - 3
     bottom = int(np.ceil(map_y.max())) + 4
-    last = planes.shape[1] - 1
-    if 0 <= top and bottom <= last + 1:
-        band = planes[:, top:bottom]
-    else:
-        idx = np.abs(np.arange(top, bottom))  # reflect (OpenCV's REFLECT_101) at the top...
-        band = planes[:, np.where(idx > last, 2 * last - idx, idx).clip(0, last)]  # ...and at the bottom
-    src = cv2.merge([np.ascontiguousarray(p) for p in band])  # (rows, w, 4) in one vectorised pass
+    src = np.empty((bottom - top, planes.shape[2], planes.shape[0]), np.float32)
+    kernels.interleave_rows(np.ascontiguousarray(planes, np.float32), top, src)
     m1, m2 = cv2.convertMaps(points, None, cv2.CV_16SC2)
     m1[..., 1] -= top  # the band's rows start at `top`
     out = cv2.remap(src, m1, m2, _INTERPOLATION[interpolation], borderMode=cv2.BORDER_REFLECT101)
