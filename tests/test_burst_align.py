@@ -114,17 +114,20 @@ def _opencv_warp(frame, model, resid, tile):
     return cv2.remap(frame, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
 
 
-def test_warped_tile_sums_match_an_opencv_remap_including_reflected_borders():
+@pytest.mark.parametrize("tile,linear", [(8, [[0.01, -0.02], [0.02, 0.01]]), (16, [[0.0, -0.017], [0.017, 0.0]])])
+def test_warped_tile_sums_match_an_opencv_remap_including_reflected_borders(tile, linear):
+    # the first model reaches past every edge; the second is a 1-degree rotation, whose rows cross a
+    # pixel boundary part-way along a tile (the kernel splits them there)
     import cv2
 
     from engine.burst import kernels
 
     rng = np.random.default_rng(7)
-    f, tile, ny, nx = 3, 8, 5, 6
+    f, ny, nx = 3, 5, 6
     h, w = ny * tile, nx * tile
     alt = cv2.GaussianBlur(rng.random((f * h, w), dtype=np.float32), (0, 0), 1.5).reshape(f, h, w)
     ref, gx, gy = (rng.random((h, w), dtype=np.float32) for _ in range(3))
-    model = np.array([[[0.01, -0.02, 3.5], [0.02, 0.01, -2.25]]] * f, np.float32)  # reaches past every edge
+    model = np.array([np.column_stack([linear, [3.5, -2.25]])] * f, np.float32)
     resid = rng.uniform(-1.5, 1.5, (f, ny, nx, 2)).astype(np.float32)
     out = np.empty((f, ny, nx, 3), np.float32)
     diff = np.empty((f, h, w), np.float32)

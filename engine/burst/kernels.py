@@ -509,6 +509,36 @@ def _row_start(a: tuple, y: float, rx: float, ry: float, x_lo: float, x_hi: floa
     return bx, by, inside
 
 
+@njit(inline="always", fastmath=True)
+def _run_sums(img, ref, gx, gy, diff, keep, f, y, xs, xe, dx, iy, a00, a10, bx, by):
+    """warped_tile_sums' inner loop over pixels xs..xe-1 of row y whose samples all lie between
+    rows iy, iy + 1 and columns x + dx, x + dx + 1: contiguous loads, so it vectorises. Works on
+    views indexed from 0, which spares numba's negative-index fix-up (it would make the loads
+    gathers). Returns the run's sums of gx d, gy d and d^2."""
+    n = xe - xs
+    top_row = img[iy, xs + dx : xe + dx + 1]
+    bottom_row = img[iy + 1, xs + dx : xe + dx + 1]
+    r_row, gx_row, gy_row = ref[y, xs:xe], gx[y, xs:xe], gy[y, xs:xe]
+    ox = bx - np.float32(xs + dx)  # fx = a00 x + bx - (x + dx), with x = xs + k
+    oy = by - np.float32(iy)
+    sgx = np.float32(0.0)
+    sgy = np.float32(0.0)
+    sdd = np.float32(0.0)
+    for k in range(n):
+        xf = np.float32(xs + k)
+        fx = a00 * xf - np.float32(k) + ox
+        fy = a10 * xf + oy
+        top = top_row[k] + fx * (top_row[k + 1] - top_row[k])
+        bottom = bottom_row[k] + fx * (bottom_row[k + 1] - bottom_row[k])
+        d = top + fy * (bottom - top) - r_row[k]
+        sgx += gx_row[k] * d
+        sgy += gy_row[k] * d
+        sdd += d * d
+        if keep:
+            diff[f, y, xs + k] = d
+    return sgx, sgy, sdd
+
+
 @njit(cache=True, fastmath=True, parallel=True)
 def warped_tile_sums(alt: np.ndarray, ref: np.ndarray, gx: np.ndarray, gy: np.ndarray, model: np.ndarray,
                      resid: np.ndarray, tile: int, out: np.ndarray, diff: np.ndarray) -> None:
@@ -537,9 +567,30 @@ def warped_tile_sums(alt: np.ndarray, ref: np.ndarray, gx: np.ndarray, gy: np.nd
             sgx = np.float32(0.0)
             sgy = np.float32(0.0)
             sdd = np.float32(0.0)
+            x0, x1 = i * tile, (i + 1) * tile - 1
             for y in range(j * tile, (j + 1) * tile):
                 bx, by, inside = _row_start(a, np.float32(y), rx, ry, x_lo, x_hi, h, w)
-                for x in range(i * tile, (i + 1) * tile):
+                if inside:
+                    # The row's samples lie on a straight segment, so they cross a pixel row or
+                    # column boundary at most once each here (a burst's rotation is small): split
+                    # the row where they do, and within each run the loads are contiguous.
+                    xs = x0
+                    while xs <= x1:
+                        dx = int(a00 * np.float32(xs) + bx) - xs  # truncation is the floor: inside, samples are >= 0
+                        iy = int(a10 * np.float32(xs) + by)
+                        xe = x1 + 1
+                        if int(a00 * x_hi + bx) - x1 != dx or int(a10 * x_hi + by) != iy:
+                            xe = xs + 1
+                            while (xe <= x1 and int(a00 * np.float32(xe) + bx) - xe == dx
+                                   and int(a10 * np.float32(xe) + by) == iy):
+                                xe += 1
+                        s1, s2, s3 = _run_sums(img, ref, gx, gy, diff, keep, f, y, xs, xe, dx, iy, a00, a10, bx, by)
+                        sgx += s1
+                        sgy += s2
+                        sdd += s3
+                        xs = xe
+                    continue
+                for x in range(x0, x1 + 1):
                     d = _bilinear(img, a00 * np.float32(x) + bx, a10 * np.float32(x) + by, inside) - ref[y, x]
                     sgx += gx[y, x] * d
                     sgy += gy[y, x] * d
