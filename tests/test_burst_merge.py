@@ -40,7 +40,7 @@ def test_raised_cosine_tiles_add_back_to_the_image():
     kernels.windowed_tiles(img, raised_cosine(16), tiles)
     assert np.array_equal(tiles, tiles_of(img, 16) * raised_cosine(16))
     back = np.zeros_like(img)
-    kernels.overlap_add(tiles, back)
+    kernels.overlap_add(tiles, back, 0)
     assert np.abs(back[:, 8:-8, 8:-8] - img[:, 8:-8, 8:-8]).max() < 1e-5
 
 
@@ -91,7 +91,7 @@ def general_merge16(ref, alts, c, conf, inv_n, c2, spatial):
     else:
         m -= acc
     out = np.zeros_like(ref)
-    kernels.overlap_add(tile_inverse(m, 16), out)
+    kernels.overlap_add(tile_inverse(m, 16), out, 0)
     return out
 
 
@@ -108,7 +108,7 @@ def test_fused_merge_kernel_equals_the_general_path(frames, nx, spatial):
     c2 = rng.uniform(0.0, 0.5, (4, ny, nx)).astype(np.float32)
     conf = rng.uniform(0, 1, (frames, ny, nx)).astype(np.float32)
     out = np.zeros_like(ref)
-    kernels.wiener_merge16(ref, alts, raised_cosine(16), 1.0, c, conf, 1 / (frames + 1), c2, spatial, out)
+    kernels.wiener_merge16(ref, alts, raised_cosine(16), 1.0, c, conf, 1 / (frames + 1), c2, spatial, out, 0)
     want = general_merge16(ref, alts, c, conf, 1 / (frames + 1), c2, spatial)
     assert np.abs(out - want).max() < 2e-5
 
@@ -236,13 +236,14 @@ def test_burst_fusion_compiles_its_kernels_when_it_is_made():
     assert out.stdout.split() == ["0", "7"], out.stdout + out.stderr
 
 
-def test_merging_in_strips_gives_the_same_picture_as_in_one_piece():
+@pytest.mark.parametrize("tile", [16, 8])  # the fused kernel and the general path
+def test_merging_in_strips_gives_the_same_picture_as_in_one_piece(tile):
     b = burst(4, gain=2, size=(256, 192), seed=42)
     nm = noise_model(b)
     al = align(grey(b.noisy), 0, nm)
-    whole = merge(b.noisy, al, nm)  # 256x192 mosaic: one strip
-    for tiles in (1, 25, 40):  # one tile row per strip, and strips that end mid-image
-        d = np.abs(merge(b.noisy, al, nm, MergeConfig(strip_tiles=tiles)) - whole)
+    whole = merge(b.noisy, al, nm, MergeConfig(tile=tile))  # 256x192 mosaic: one strip
+    for mb in (1e-6, 0.2, 0.5):  # one tile row per strip, and strips of several rows that end mid-image
+        d = np.abs(merge(b.noisy, al, nm, MergeConfig(tile=tile, strip_mb=mb)) - whole)
         # equal but for OpenCV's remap rounding its coordinates to 1/32 pixel (relative to a strip)
         assert d.max() < 2e-4 and d.mean() < 1e-6, (d.max(), d.mean())
 

@@ -135,8 +135,9 @@ def spatial_shrink(ref_spec: np.ndarray, correction: np.ndarray, c2: np.ndarray)
 
 
 @njit(cache=True, fastmath=True, parallel=True)
-def overlap_add(tiles: np.ndarray, out: np.ndarray) -> None:
-    """(P, ny, nx, t, t) tiles at stride s = t/2 added into out (P, (ny+1) s, (nx+1) s).
+def overlap_add(tiles: np.ndarray, out: np.ndarray, row0: int) -> None:
+    """(P, ny, nx, t, t) tiles at stride s = t/2 added into out (P, H, (nx+1) s) from row row0 on
+    (H >= row0 + (ny+1) s).
     Parallel over planes and over even / odd tile rows in turn, so no two threads add to the
     same pixel."""
     p_n, ny, nx, t, _ = tiles.shape
@@ -149,7 +150,7 @@ def overlap_add(tiles: np.ndarray, out: np.ndarray) -> None:
             for i in range(nx):
                 for y in range(t):
                     for x in range(t):
-                        out[p, s * j + y, s * i + x] += tiles[p, j, i, y, x]
+                        out[p, row0 + s * j + y, s * i + x] += tiles[p, j, i, y, x]
 
 
 # The fused merge for 16x16 tiles: 8 lanes, lane 0 the reference and lanes 1-7 seven other frames
@@ -199,7 +200,8 @@ def _fft_tile16(buf: np.ndarray, forward: bool) -> None:
 
 @njit(cache=True, fastmath=True, parallel=True)
 def wiener_merge16(ref: np.ndarray, alts: np.ndarray, window: np.ndarray, saturation: float, c: np.ndarray,
-                   conf: np.ndarray, inv_n: float, c2: np.ndarray, spatial: bool, out: np.ndarray) -> None:
+                   conf: np.ndarray, inv_n: float, c2: np.ndarray, spatial: bool, out: np.ndarray,
+                   row0: int) -> None:
     """The whole temporal (and spatial) Wiener merge of 16x16 tiles at stride 8 in one pass, tile by
     tile, with no tile or spectrum arrays in memory: the same sums as windowed_differences ->
     tile_spectra -> wiener_sum -> spatial_shrink -> tile_inverse -> overlap_add, up to float32
@@ -208,7 +210,9 @@ def wiener_merge16(ref: np.ndarray, alts: np.ndarray, window: np.ndarray, satura
     ref: (4, R, W) float32 reference planes of a strip; alts: (F, R, W, 4) float32 the frames warped
     onto it (OpenCV's interleaved planes); window: (16, 16) raised cosine; c, c2: (4, ny, nx) the
     temporal and spatial Wiener constants per plane and tile; conf: (F, ny, nx) alignment
-    confidence; inv_n: 1 / (F + 1). out: (4, R, W) float32, zero on entry, receives the merged planes
+    confidence; inv_n: 1 / (F + 1). out: (4, H, W) float32, zero on entry, receives from row row0 on
+    (the strip's place in the whole; the whole array, so that a strip is not a differently typed
+    view that numba would compile again) the merged planes
         sum over tiles of window-overlap-added IDFT(M),  M = R - inv_n sum_z conf_z c / (|D_z|^2 + c) D_z
     with R = DFT(window * ref), D_z = DFT(window * (ref - frame_z)) (a frame's clipped samples
     replaced by the reference's), M shrunk by |M|^2 / (|M|^2 + c2) if `spatial`.
@@ -299,7 +303,7 @@ def wiener_merge16(ref: np.ndarray, alts: np.ndarray, window: np.ndarray, satura
                         for p in range(p_n):
                             for y in range(_T):
                                 for x in range(_T):
-                                    out[p, _S * j + y, _S * i + x] += scale * inv[2 * (y * _T + x) * _LANES + 4 * half + p]
+                                    out[p, row0 + _S * j + y, _S * i + x] += scale * inv[2 * (y * _T + x) * _LANES + 4 * half + p]
 
 
 @njit(cache=True)

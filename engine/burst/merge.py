@@ -55,9 +55,10 @@ class MergeConfig:
     interpolation: how frames are warped onto the reference, "cubic" or "linear".
     robust_k: the robust merge rejects a frame where its 3x3-mean difference exceeds
         robust_k noise sigmas.
-    strip_tiles: tiles per plane and frame in one strip of whole tile rows (bounds memory on 12 MP
-        frames: about 40 MB of tiles and 45 MB of spectra for 8 frames; a 640x480 frame is one
-        strip, which was the fastest split measured: 73-78 ms against 90 ms in strips of 4 rows)."""
+    strip_mb: working memory of one strip of whole tile rows, in MB: the frames warped onto it
+        (7 KB per tile for 8 frames), and on the general path (tiles other than 16) their tiles and
+        spectra too (about 65 KB per tile). A 640x480 burst is one strip, a 12 MP one four: fewer,
+        larger strips were faster (12 MP merge 2.26 s in strips of 6 tile rows, 1.62 s in 32)."""
 
     method: str = "wiener"
     tile: int = 16
@@ -65,7 +66,7 @@ class MergeConfig:
     spatial: float = 3.0
     interpolation: str = "cubic"
     robust_k: float = 3.0
-    strip_tiles: int = 1536
+    strip_mb: float = 96.0
 
     def __post_init__(self) -> None:
         if self.method not in ("wiener", "robust", "mean"):
@@ -74,8 +75,8 @@ class MergeConfig:
             raise ValueError(f"merge tile must be even and at least 4, got {self.tile}")
         if self.interpolation not in _INTERPOLATION:
             raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATION)}, got {self.interpolation!r}")
-        if self.strip_tiles < 1:
-            raise ValueError(f"strip_tiles must be at least 1, got {self.strip_tiles}")
+        if not self.strip_mb > 0:
+            raise ValueError(f"strip_mb must be > 0, got {self.strip_mb}")
         if self.strength <= 0 or self.spatial < 0:
             raise ValueError(f"strength must be > 0 and spatial >= 0, got {self.strength}, {self.spatial}")
 
@@ -174,7 +175,10 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
     spatial = cfg.spatial > 0
     fused = t == 16
     f = len(others)
-    rows_per = max(1, min(ny, cfg.strip_tiles // nx))
+    row_bytes = 4 * f * s * wp * 4  # one tile row of warped frames, float32 x 4 planes
+    if not fused:
+        row_bytes += 4 * f * 4 * nx * t * t + 8 * f * 4 * nx * t * (t // 2 + 1)  # its tiles and spectra
+    rows_per = int(max(1, min(ny, cfg.strip_mb * 2**20 // row_bytes)))
     # scratch for one strip, reused by every strip (fresh arrays would page-fault in each time)
     alts_buf = np.empty(f * (rows_per + 1) * s * wp * 4, np.float32)
     tiles_buf = np.empty(0 if fused else f * 4 * rows_per * nx * t * t, np.float32)
@@ -192,7 +196,7 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
             conf_strip = np.ascontiguousarray(conf[:, r0:r1])
             if fused:
                 kernels.wiener_merge16(ref_strip, alts, window, SATURATION, c, conf_strip, 1.0 / n, c2, spatial,
-                                       out[:, pix])
+                                       out, pix.start)
                 continue
             tiles = _scratch(tiles_buf, (f, 4, r1 - r0, nx, t, t))
             kernels.windowed_differences(ref_strip, alts, window, SATURATION, tiles)
@@ -205,7 +209,7 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
                 m = tile_spectra(m, overwrite=True)
                 kernels.spatial_shrink(m, acc, c2)  # m: the merged image itself in this mode
                 acc = m
-            kernels.overlap_add(tile_inverse(acc, t), out[:, pix])
+            kernels.overlap_add(tile_inverse(acc, t), out, pix.start)
     merged = out if fused or spatial else r_pad - out
     return np.ascontiguousarray(merged[:, s : s + h, s : s + w])
 
