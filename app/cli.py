@@ -5,8 +5,6 @@ import argparse
 import importlib
 import sys
 
-from engine.allocator import keep_freed_memory
-
 # subcommand -> module implementing `add_parser(subparsers)` and `run(args) -> int`
 SUBCOMMANDS = {
     "sources": "app.sources_cmd",
@@ -32,7 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    keep_freed_memory()  # every command handles frames; see engine/allocator.py
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

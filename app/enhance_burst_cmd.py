@@ -92,7 +92,7 @@ def enhance_burst(args: argparse.Namespace) -> str:
     """Do the job described by the parsed arguments; returns the summary line. Raises
     BurstCommandError with a message for the user."""
     from engine.burst.align import AlignConfig
-    from engine.burst.fusion import BurstConfig, fuse_burst, merged_frame, prepare_kernels
+    from engine.burst.fusion import BurstConfig, fuse_burst, merged_frame, prepare_for_bursts
     from engine.burst.merge import MergeConfig
     from engine.burst.raw import BurstError
     from engine.processor import ProcessingError, StageTimer
@@ -125,7 +125,7 @@ def enhance_burst(args: argparse.Namespace) -> str:
         raise BurstCommandError(str(exc)) from exc
     timer = StageTimer()
     with timer.stage("first-run compile"):  # numba's, once per machine (cached after): kept out of the stages
-        prepare_kernels(cfg)
+        prepare_for_bursts(cfg)
     if timer.stages["first-run compile"] < 1000.0:
         del timer.stages["first-run compile"]
     try:

@@ -12,8 +12,7 @@ glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt se
 # Allocates and touches a 64 MB array twice and prints the minor page faults of the second time.
 _FAULTS = """
 import resource, numpy as np
-from engine.allocator import keep_freed_memory
-if {keep}: assert keep_freed_memory()
+{setup}
 a = np.ones(16 << 20, np.float32); del a
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 a = np.ones(16 << 20, np.float32)
@@ -21,14 +20,23 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _second_allocation_faults(keep: bool) -> int:
-    out = subprocess.run([sys.executable, "-c", _FAULTS.format(keep=keep)], capture_output=True, text=True, check=True)
+_KEEP = "from engine.allocator import keep_freed_memory; assert keep_freed_memory()"
+# what BurstFusion and enhance-burst do first (here without kernels to compile)
+_BURSTS = ("from engine.burst.align import AlignConfig; from engine.burst.merge import MergeConfig; "
+           "from engine.burst.fusion import BurstConfig, prepare_for_bursts; "
+           "prepare_for_bursts(BurstConfig(align=AlignConfig(method='dis'), merge=MergeConfig(method='robust')))")
+
+
+def _second_allocation_faults(setup: str) -> int:
+    out = subprocess.run([sys.executable, "-c", _FAULTS.format(setup=setup)], capture_output=True, text=True,
+                         check=True)
     return int(out.stdout.strip())
 
 
 @glibc
-def test_second_large_allocation_reuses_the_heap():
-    without, with_setting = _second_allocation_faults(False), _second_allocation_faults(True)
+@pytest.mark.parametrize("setup", [_KEEP, _BURSTS])
+def test_second_large_allocation_reuses_the_heap(setup):
+    without, with_setting = _second_allocation_faults(""), _second_allocation_faults(setup)
     assert without >= 32  # glibc unmapped the first array: the second is faulted in afresh (2 MB pages at best)
     assert with_setting < 16 and with_setting * 4 < without
 

@@ -241,7 +241,7 @@ def merge_profile(images, frames: int, seed: int, runs: int = 3) -> dict:
 def child_12mp(data: str, n: int, frames: int, seed: int, out: str) -> None:
     """Runs in a child process: 12 MP bursts, quality and stage times, and this process's peak RSS."""
     from engine.burst.align import AlignConfig, align
-    from engine.burst.fusion import BurstConfig, prepare_kernels
+    from engine.burst.fusion import BurstConfig, prepare_for_bursts
     from engine.burst.merge import MergeConfig, merge, merge_mean
     from engine.burst.raw import grey
     from trainers.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, score, synthesize_burst
@@ -252,7 +252,7 @@ def child_12mp(data: str, n: int, frames: int, seed: int, out: str) -> None:
     # A fresh process: load the compiled kernels, and align and merge one burst untimed, as the
     # 640x480 timings skip their first run (the first 12 MP align took 1.2 s against 0.7 s after:
     # the process's memory being touched for the first time).
-    prepare_kernels(BurstConfig())
+    prepare_for_bursts(BurstConfig())
     b = synthesize_burst(images[0][1], frames, np.random.default_rng([seed, 12, 0]), KPN_GAINS[4],
                          SYNTHETIC_BURST_MOTION, size=size, keep_clean=False)
     merge(b.noisy, align(grey(b.noisy), 0, noise_model(b.noise)), noise_model(b.noise))
@@ -339,6 +339,9 @@ def raft_sentence(raft: dict | None) -> str:
 
 # -- the run ----------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
+    from engine.burst.fusion import BurstConfig, prepare_for_bursts
+
+    prepare_for_bursts(BurstConfig())  # as BurstFusion and enhance-burst do: kernels loaded, freed memory kept
     data = Path(args.data)
     gains = tuple(int(g) for g in args.gains.split(","))
     images = kodak(data, args.images)
@@ -439,7 +442,7 @@ def report_sections(quality, ghosts, speed_640, peak_640, big, live, gains, args
              "planes back at once. Before, scipy's FFTs and numba loops passed about 160 MB of tile and spectrum "
              "arrays between them per burst, and memory is slow here (copying a 36 MB array took 8.7 ms): that "
              "merge took 76-80 ms on the bursts where this one takes 55-59 ms (measured while building it; the "
-             "eyefuse command's allocator setting, engine/allocator.py, had already taken it from 97-105 ms). ")
+             "burst path's allocator setting, engine/allocator.py, had already taken it from 97-105 ms). ")
     if profile:
         floor = sum(ms for part, ms in profile["parts_ms"].items() if part.startswith(("fused", "bicubic warps")))
         body += f"The kernel and the warps alone take {floor:.0f} ms above. "

@@ -81,9 +81,8 @@ def write_results(name: str, title: str, sections: list[tuple[str, str]], data: 
 
 
 def run_child(code: str, out: Path) -> dict:
-    """Runs `code` in a fresh Python at the repository root, set up as the eyefuse command sets itself
-    up (engine/allocator.py), and returns the JSON it wrote to `out` (deleted after reading)."""
-    code = "from engine.allocator import keep_freed_memory; keep_freed_memory(); " + code
+    """Runs `code` in a fresh Python at the repository root, and returns the JSON it wrote to `out`
+    (deleted after reading)."""
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
     result = json.loads(out.read_text())
     out.unlink()
