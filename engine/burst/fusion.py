@@ -123,7 +123,7 @@ def prepare_for_bursts(cfg: BurstConfig) -> None:
     if cfg.align.method == "tiles":
         warm_up_align()
     if cfg.merge.method == "wiener":
-        warm_up_merge()
+        warm_up_merge(cfg.merge.tile)
 
 
 def reference_index(n: int, reference: str | int) -> int:

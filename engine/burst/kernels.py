@@ -11,9 +11,11 @@ and three products with three area resizes per frame, most of them tiny at the c
 These kernels fuse each chain into one loop per tile, over both cores. Their results equal the
 numpy/OpenCV expressions in their docstrings up to float32 rounding (tests check).
 
-Compiled on first use (about 40 s for all of them on this machine, most of it the fused merge
-kernel's unrolled FFTs) and cached beside this file (`cache=True`), so later runs and processes
-load them in about a second. Data-dependent
+Compiled on first use (40-50 s for the default path on this machine, half of it the fused merge
+kernel's unrolled FFTs; the general merge path's another 8 s, only when a tile size other than 16
+asks for it) and cached beside this file (`cache=True`), so later runs and processes load them in
+about a second. Some numpy features cost seconds of compile each (LAPACK's solve, np.median,
+array assignment's shape-error text), so the small kernels spell those out as loops. Data-dependent
 indices (the warps' sample positions) are folded into the image by `_reflect`, which returns an
 index inside it for any input, NaN included: numba does not check bounds.
 """
@@ -320,6 +322,45 @@ def interleave_rows(planes: np.ndarray, top: int, out: np.ndarray) -> None:
 
 
 # -- alignment ---------------------------------------------------------------------------------------
+@njit(inline="always")
+def _solve3_transposed(m: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(3, 3) m, (3, 2) b -> (2, 3) (m^-1 b)^T, by Gaussian elimination with partial pivoting
+    (what np.linalg.solve does through LAPACK, whose numba binding took 7 s to compile)."""
+    m = m.copy()
+    b = b.copy()
+    for col in range(3):
+        piv = col
+        for r in range(col + 1, 3):
+            if abs(m[r, col]) > abs(m[piv, col]):
+                piv = r
+        for c in range(3):
+            m[col, c], m[piv, c] = m[piv, c], m[col, c]
+        for c in range(2):
+            b[col, c], b[piv, c] = b[piv, c], b[col, c]
+        for r in range(col + 1, 3):
+            k = m[r, col] / m[col, col]
+            for c in range(col, 3):
+                m[r, c] -= k * m[col, c]
+            for c in range(2):
+                b[r, c] -= k * b[col, c]
+    out = np.empty((2, 3))
+    for c in range(2):
+        for r in range(2, -1, -1):
+            s = b[r, c]
+            for q in range(r + 1, 3):
+                s -= m[r, q] * out[c, q]
+            out[c, r] = s / m[r, r]
+    return out
+
+
+@njit(inline="always")
+def _median(x: np.ndarray) -> float:
+    """Median of a 1-D array, as np.median (whose numba version compiled for 4 s against 2 s)."""
+    s = np.sort(x)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
 @njit(cache=True)
 def fit_affine_irls(pts: np.ndarray, flow: np.ndarray, w0: np.ndarray, iterations: int) -> np.ndarray:
     """Robust affine flow per frame by iteratively reweighted least squares (align._fit_affine says
@@ -335,12 +376,17 @@ def fit_affine_irls(pts: np.ndarray, flow: np.ndarray, w0: np.ndarray, iteration
     k_n = pts.shape[0]
     f_n = flow.shape[0]
     out = np.zeros((f_n, 2, 3))
-    usable = w0 > 0.2
-    n_use = usable.sum()
+    # plain loops, not masks and reductions: each numpy feature used here costs seconds of compile
+    n_use = 0
+    x_lo, x_hi, y_lo, y_hi = np.inf, -np.inf, np.inf, -np.inf
+    for k in range(k_n):
+        if w0[k] > 0.2:
+            n_use += 1
+            x_lo, x_hi = min(x_lo, pts[k, 0]), max(x_hi, pts[k, 0])
+            y_lo, y_hi = min(y_lo, pts[k, 1]), max(y_hi, pts[k, 1])
     if n_use < 3:
         return out
-    ux, uy = pts[usable, 0], pts[usable, 1]
-    full = n_use >= 8 and ux.max() > ux.min() and uy.max() > uy.min()
+    full = n_use >= 8 and x_hi > x_lo and y_hi > y_lo
     r_use = np.empty(n_use)
     for f in range(f_n):
         w = w0.copy()
@@ -359,25 +405,31 @@ def fit_affine_irls(pts: np.ndarray, flow: np.ndarray, w0: np.ndarray, iteration
                         b[r, 1] += wx * flow[f, k, 1]
                 for r in range(3):
                     m[r, r] += 1e-9
-                a = np.linalg.solve(m, b).T.copy()
+                a = _solve3_transposed(m, b)
             else:
-                sw = max(w.sum(), 1e-12)
-                a[0, 2] = (w * flow[f, :, 0]).sum() / sw
-                a[1, 2] = (w * flow[f, :, 1]).sum() / sw
+                sw, sx, sy = 0.0, 0.0, 0.0
+                for k in range(k_n):
+                    sw += w[k]
+                    sx += w[k] * flow[f, k, 0]
+                    sy += w[k] * flow[f, k, 1]
+                a[0, 2] = sx / max(sw, 1e-12)
+                a[1, 2] = sy / max(sw, 1e-12)
             res = np.empty(k_n)
             u = 0
             for k in range(k_n):
                 dx = flow[f, k, 0] - (a[0, 0] * pts[k, 0] + a[0, 1] * pts[k, 1] + a[0, 2])
                 dy = flow[f, k, 1] - (a[1, 0] * pts[k, 0] + a[1, 1] * pts[k, 1] + a[1, 2])
                 res[k] = np.sqrt(dx * dx + dy * dy)
-                if usable[k]:
+                if w0[k] > 0.2:
                     r_use[u] = res[k]
                     u += 1
-            scale = max(1.4826 * np.median(r_use), 0.05)
+            scale = max(1.4826 * _median(r_use), 0.05)
             for k in range(k_n):
                 q = res[k] / (2.0 * scale)
                 w[k] = w0[k] / (1.0 + q * q)
-        out[f] = a
+        for r in range(2):  # element by element: an array assignment compiles numba's shape-error text (5 s)
+            for c in range(3):
+                out[f, r, c] = a[r, c]
     return out
 
 

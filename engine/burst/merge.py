@@ -214,19 +214,17 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
     return np.ascontiguousarray(merged[:, s : s + h, s : s + w])
 
 
-def warm_up() -> None:
-    """Compile the Wiener merge's kernels now, on the calling thread (about 35 s the first time on a
-    machine, most of it the fused kernel's unrolled FFTs; about a second after that: numba caches
-    them on disk), by merging a tiny burst
-    through both code paths (the fused 16x16 one and the general one), so the same
-    specialisations are made. A processor calls this when it is made, so the engine thread never
-    stops for a compile."""
-    n = 2
-    for t in (16, 8):
-        alignment = Alignment(t, np.zeros((n, 2, 2, 2), np.float32), np.ones((n, 2, 2), np.float32), (2 * t, 2 * t),
-                              0, "tiles", np.zeros((n, 2, 3), np.float32))
-        planes = np.full((n, 4, 2 * t, 2 * t), 0.25, np.float32)
-        merge_wiener(planes, alignment, NoiseModel((1e-4,) * 4, (1e-6,) * 4), MergeConfig(tile=t))
+def warm_up(tile: int = 16) -> None:
+    """Compile the Wiener merge's kernels for `tile` now, on the calling thread, by merging a tiny
+    burst through the same code path, so the same specialisations are made: the fused kernel for
+    16 (about 30 s the first time on a machine, most of it the unrolled FFTs), the general path's
+    for other sizes (about 7 s); about a second after that, as numba caches them on disk. A
+    processor calls this when it is made, so the engine thread never stops for a compile."""
+    n, t = 2, tile
+    alignment = Alignment(t, np.zeros((n, 2, 2, 2), np.float32), np.ones((n, 2, 2), np.float32), (2 * t, 2 * t),
+                          0, "tiles", np.zeros((n, 2, 3), np.float32))
+    planes = np.full((n, 4, 2 * t, 2 * t), 0.25, np.float32)
+    merge_wiener(planes, alignment, NoiseModel((1e-4,) * 4, (1e-6,) * 4), MergeConfig(tile=t))
 
 
 def _scratch(buf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
