@@ -229,3 +229,12 @@ def test_sample_map_is_the_dense_flow_replicated_past_the_edges_plus_the_pixel_g
         for rows in (slice(0, 40), slice(90, h + 2 * pad + extra)):
             got = al.sample_map(i, rows, pad, width)
             assert got.shape == want[rows].shape and np.abs(got - want[rows]).max() < 1e-3
+
+
+def test_the_affine_fits_median_is_numpys_with_ties_and_even_lengths():
+    from engine.burst.kernels import _median
+
+    rng = np.random.default_rng(12)
+    for n in [*range(1, 30), 299, 300]:
+        for values in (rng.random(n), rng.integers(0, 4, n).astype(np.float64)):  # distinct, and many ties
+            assert _median(values.copy()) == np.median(values)
