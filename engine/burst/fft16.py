@@ -60,35 +60,35 @@ def fft16_rows(buf, base, sign):
         r15 = r13 - tr; i15 = i13 - ti; r13 = r13 + tr; i13 = i13 + ti
         tr = r4; ti = i4
         r4 = r0 - tr; i4 = i0 - ti; r0 = r0 + tr; i0 = i0 + ti
-        tr = np.float32(np.float64(0.7071067811865476)) * r5 - sign * np.float32(np.float64(0.7071067811865475)) * i5; ti = np.float32(np.float64(0.7071067811865476)) * i5 + sign * np.float32(np.float64(0.7071067811865475)) * r5
+        tr = np.float32(0.7071067811865476) * r5 - sign * np.float32(0.7071067811865475) * i5; ti = np.float32(0.7071067811865476) * i5 + sign * np.float32(0.7071067811865475) * r5
         r5 = r1 - tr; i5 = i1 - ti; r1 = r1 + tr; i1 = i1 + ti
         tr = -sign * i6; ti = sign * r6
         r6 = r2 - tr; i6 = i2 - ti; r2 = r2 + tr; i2 = i2 + ti
-        tr = np.float32(np.float64(-0.7071067811865475)) * r7 - sign * np.float32(np.float64(0.7071067811865476)) * i7; ti = np.float32(np.float64(-0.7071067811865475)) * i7 + sign * np.float32(np.float64(0.7071067811865476)) * r7
+        tr = np.float32(-0.7071067811865475) * r7 - sign * np.float32(0.7071067811865476) * i7; ti = np.float32(-0.7071067811865475) * i7 + sign * np.float32(0.7071067811865476) * r7
         r7 = r3 - tr; i7 = i3 - ti; r3 = r3 + tr; i3 = i3 + ti
         tr = r12; ti = i12
         r12 = r8 - tr; i12 = i8 - ti; r8 = r8 + tr; i8 = i8 + ti
-        tr = np.float32(np.float64(0.7071067811865476)) * r13 - sign * np.float32(np.float64(0.7071067811865475)) * i13; ti = np.float32(np.float64(0.7071067811865476)) * i13 + sign * np.float32(np.float64(0.7071067811865475)) * r13
+        tr = np.float32(0.7071067811865476) * r13 - sign * np.float32(0.7071067811865475) * i13; ti = np.float32(0.7071067811865476) * i13 + sign * np.float32(0.7071067811865475) * r13
         r13 = r9 - tr; i13 = i9 - ti; r9 = r9 + tr; i9 = i9 + ti
         tr = -sign * i14; ti = sign * r14
         r14 = r10 - tr; i14 = i10 - ti; r10 = r10 + tr; i10 = i10 + ti
-        tr = np.float32(np.float64(-0.7071067811865475)) * r15 - sign * np.float32(np.float64(0.7071067811865476)) * i15; ti = np.float32(np.float64(-0.7071067811865475)) * i15 + sign * np.float32(np.float64(0.7071067811865476)) * r15
+        tr = np.float32(-0.7071067811865475) * r15 - sign * np.float32(0.7071067811865476) * i15; ti = np.float32(-0.7071067811865475) * i15 + sign * np.float32(0.7071067811865476) * r15
         r15 = r11 - tr; i15 = i11 - ti; r11 = r11 + tr; i11 = i11 + ti
         tr = r8; ti = i8
         r8 = r0 - tr; i8 = i0 - ti; r0 = r0 + tr; i0 = i0 + ti
-        tr = np.float32(np.float64(0.9238795325112867)) * r9 - sign * np.float32(np.float64(0.3826834323650898)) * i9; ti = np.float32(np.float64(0.9238795325112867)) * i9 + sign * np.float32(np.float64(0.3826834323650898)) * r9
+        tr = np.float32(0.9238795325112867) * r9 - sign * np.float32(0.3826834323650898) * i9; ti = np.float32(0.9238795325112867) * i9 + sign * np.float32(0.3826834323650898) * r9
         r9 = r1 - tr; i9 = i1 - ti; r1 = r1 + tr; i1 = i1 + ti
-        tr = np.float32(np.float64(0.7071067811865476)) * r10 - sign * np.float32(np.float64(0.7071067811865475)) * i10; ti = np.float32(np.float64(0.7071067811865476)) * i10 + sign * np.float32(np.float64(0.7071067811865475)) * r10
+        tr = np.float32(0.7071067811865476) * r10 - sign * np.float32(0.7071067811865475) * i10; ti = np.float32(0.7071067811865476) * i10 + sign * np.float32(0.7071067811865475) * r10
         r10 = r2 - tr; i10 = i2 - ti; r2 = r2 + tr; i2 = i2 + ti
-        tr = np.float32(np.float64(0.38268343236508984)) * r11 - sign * np.float32(np.float64(0.9238795325112867)) * i11; ti = np.float32(np.float64(0.38268343236508984)) * i11 + sign * np.float32(np.float64(0.9238795325112867)) * r11
+        tr = np.float32(0.38268343236508984) * r11 - sign * np.float32(0.9238795325112867) * i11; ti = np.float32(0.38268343236508984) * i11 + sign * np.float32(0.9238795325112867) * r11
         r11 = r3 - tr; i11 = i3 - ti; r3 = r3 + tr; i3 = i3 + ti
         tr = -sign * i12; ti = sign * r12
         r12 = r4 - tr; i12 = i4 - ti; r4 = r4 + tr; i4 = i4 + ti
-        tr = np.float32(np.float64(-0.3826834323650897)) * r13 - sign * np.float32(np.float64(0.9238795325112867)) * i13; ti = np.float32(np.float64(-0.3826834323650897)) * i13 + sign * np.float32(np.float64(0.9238795325112867)) * r13
+        tr = np.float32(-0.3826834323650897) * r13 - sign * np.float32(0.9238795325112867) * i13; ti = np.float32(-0.3826834323650897) * i13 + sign * np.float32(0.9238795325112867) * r13
         r13 = r5 - tr; i13 = i5 - ti; r5 = r5 + tr; i5 = i5 + ti
-        tr = np.float32(np.float64(-0.7071067811865475)) * r14 - sign * np.float32(np.float64(0.7071067811865476)) * i14; ti = np.float32(np.float64(-0.7071067811865475)) * i14 + sign * np.float32(np.float64(0.7071067811865476)) * r14
+        tr = np.float32(-0.7071067811865475) * r14 - sign * np.float32(0.7071067811865476) * i14; ti = np.float32(-0.7071067811865475) * i14 + sign * np.float32(0.7071067811865476) * r14
         r14 = r6 - tr; i14 = i6 - ti; r6 = r6 + tr; i6 = i6 + ti
-        tr = np.float32(np.float64(-0.9238795325112867)) * r15 - sign * np.float32(np.float64(0.3826834323650899)) * i15; ti = np.float32(np.float64(-0.9238795325112867)) * i15 + sign * np.float32(np.float64(0.3826834323650899)) * r15
+        tr = np.float32(-0.9238795325112867) * r15 - sign * np.float32(0.3826834323650899) * i15; ti = np.float32(-0.9238795325112867) * i15 + sign * np.float32(0.3826834323650899) * r15
         r15 = r7 - tr; i15 = i7 - ti; r7 = r7 + tr; i7 = i7 + ti
         buf[o + 0 + l] = r0; buf[o + 8 + l] = i0
         buf[o + 16 + l] = r1; buf[o + 24 + l] = i1
@@ -162,35 +162,35 @@ def fft16_cols(buf, base, sign):
         r15 = r13 - tr; i15 = i13 - ti; r13 = r13 + tr; i13 = i13 + ti
         tr = r4; ti = i4
         r4 = r0 - tr; i4 = i0 - ti; r0 = r0 + tr; i0 = i0 + ti
-        tr = np.float32(np.float64(0.7071067811865476)) * r5 - sign * np.float32(np.float64(0.7071067811865475)) * i5; ti = np.float32(np.float64(0.7071067811865476)) * i5 + sign * np.float32(np.float64(0.7071067811865475)) * r5
+        tr = np.float32(0.7071067811865476) * r5 - sign * np.float32(0.7071067811865475) * i5; ti = np.float32(0.7071067811865476) * i5 + sign * np.float32(0.7071067811865475) * r5
         r5 = r1 - tr; i5 = i1 - ti; r1 = r1 + tr; i1 = i1 + ti
         tr = -sign * i6; ti = sign * r6
         r6 = r2 - tr; i6 = i2 - ti; r2 = r2 + tr; i2 = i2 + ti
-        tr = np.float32(np.float64(-0.7071067811865475)) * r7 - sign * np.float32(np.float64(0.7071067811865476)) * i7; ti = np.float32(np.float64(-0.7071067811865475)) * i7 + sign * np.float32(np.float64(0.7071067811865476)) * r7
+        tr = np.float32(-0.7071067811865475) * r7 - sign * np.float32(0.7071067811865476) * i7; ti = np.float32(-0.7071067811865475) * i7 + sign * np.float32(0.7071067811865476) * r7
         r7 = r3 - tr; i7 = i3 - ti; r3 = r3 + tr; i3 = i3 + ti
         tr = r12; ti = i12
         r12 = r8 - tr; i12 = i8 - ti; r8 = r8 + tr; i8 = i8 + ti
-        tr = np.float32(np.float64(0.7071067811865476)) * r13 - sign * np.float32(np.float64(0.7071067811865475)) * i13; ti = np.float32(np.float64(0.7071067811865476)) * i13 + sign * np.float32(np.float64(0.7071067811865475)) * r13
+        tr = np.float32(0.7071067811865476) * r13 - sign * np.float32(0.7071067811865475) * i13; ti = np.float32(0.7071067811865476) * i13 + sign * np.float32(0.7071067811865475) * r13
         r13 = r9 - tr; i13 = i9 - ti; r9 = r9 + tr; i9 = i9 + ti
         tr = -sign * i14; ti = sign * r14
         r14 = r10 - tr; i14 = i10 - ti; r10 = r10 + tr; i10 = i10 + ti
-        tr = np.float32(np.float64(-0.7071067811865475)) * r15 - sign * np.float32(np.float64(0.7071067811865476)) * i15; ti = np.float32(np.float64(-0.7071067811865475)) * i15 + sign * np.float32(np.float64(0.7071067811865476)) * r15
+        tr = np.float32(-0.7071067811865475) * r15 - sign * np.float32(0.7071067811865476) * i15; ti = np.float32(-0.7071067811865475) * i15 + sign * np.float32(0.7071067811865476) * r15
         r15 = r11 - tr; i15 = i11 - ti; r11 = r11 + tr; i11 = i11 + ti
         tr = r8; ti = i8
         r8 = r0 - tr; i8 = i0 - ti; r0 = r0 + tr; i0 = i0 + ti
-        tr = np.float32(np.float64(0.9238795325112867)) * r9 - sign * np.float32(np.float64(0.3826834323650898)) * i9; ti = np.float32(np.float64(0.9238795325112867)) * i9 + sign * np.float32(np.float64(0.3826834323650898)) * r9
+        tr = np.float32(0.9238795325112867) * r9 - sign * np.float32(0.3826834323650898) * i9; ti = np.float32(0.9238795325112867) * i9 + sign * np.float32(0.3826834323650898) * r9
         r9 = r1 - tr; i9 = i1 - ti; r1 = r1 + tr; i1 = i1 + ti
-        tr = np.float32(np.float64(0.7071067811865476)) * r10 - sign * np.float32(np.float64(0.7071067811865475)) * i10; ti = np.float32(np.float64(0.7071067811865476)) * i10 + sign * np.float32(np.float64(0.7071067811865475)) * r10
+        tr = np.float32(0.7071067811865476) * r10 - sign * np.float32(0.7071067811865475) * i10; ti = np.float32(0.7071067811865476) * i10 + sign * np.float32(0.7071067811865475) * r10
         r10 = r2 - tr; i10 = i2 - ti; r2 = r2 + tr; i2 = i2 + ti
-        tr = np.float32(np.float64(0.38268343236508984)) * r11 - sign * np.float32(np.float64(0.9238795325112867)) * i11; ti = np.float32(np.float64(0.38268343236508984)) * i11 + sign * np.float32(np.float64(0.9238795325112867)) * r11
+        tr = np.float32(0.38268343236508984) * r11 - sign * np.float32(0.9238795325112867) * i11; ti = np.float32(0.38268343236508984) * i11 + sign * np.float32(0.9238795325112867) * r11
         r11 = r3 - tr; i11 = i3 - ti; r3 = r3 + tr; i3 = i3 + ti
         tr = -sign * i12; ti = sign * r12
         r12 = r4 - tr; i12 = i4 - ti; r4 = r4 + tr; i4 = i4 + ti
-        tr = np.float32(np.float64(-0.3826834323650897)) * r13 - sign * np.float32(np.float64(0.9238795325112867)) * i13; ti = np.float32(np.float64(-0.3826834323650897)) * i13 + sign * np.float32(np.float64(0.9238795325112867)) * r13
+        tr = np.float32(-0.3826834323650897) * r13 - sign * np.float32(0.9238795325112867) * i13; ti = np.float32(-0.3826834323650897) * i13 + sign * np.float32(0.9238795325112867) * r13
         r13 = r5 - tr; i13 = i5 - ti; r5 = r5 + tr; i5 = i5 + ti
-        tr = np.float32(np.float64(-0.7071067811865475)) * r14 - sign * np.float32(np.float64(0.7071067811865476)) * i14; ti = np.float32(np.float64(-0.7071067811865475)) * i14 + sign * np.float32(np.float64(0.7071067811865476)) * r14
+        tr = np.float32(-0.7071067811865475) * r14 - sign * np.float32(0.7071067811865476) * i14; ti = np.float32(-0.7071067811865475) * i14 + sign * np.float32(0.7071067811865476) * r14
         r14 = r6 - tr; i14 = i6 - ti; r6 = r6 + tr; i6 = i6 + ti
-        tr = np.float32(np.float64(-0.9238795325112867)) * r15 - sign * np.float32(np.float64(0.3826834323650899)) * i15; ti = np.float32(np.float64(-0.9238795325112867)) * i15 + sign * np.float32(np.float64(0.3826834323650899)) * r15
+        tr = np.float32(-0.9238795325112867) * r15 - sign * np.float32(0.3826834323650899) * i15; ti = np.float32(-0.9238795325112867) * i15 + sign * np.float32(0.3826834323650899) * r15
         r15 = r7 - tr; i15 = i7 - ti; r7 = r7 + tr; i7 = i7 + ti
         buf[o + 0 + l] = r0; buf[o + 8 + l] = i0
         buf[o + 256 + l] = r1; buf[o + 264 + l] = i1

@@ -46,7 +46,7 @@ def codelet(n: int, stride: int, name: str, lanes: int = LANES) -> str:
             for k in range(half):
                 a, b = start + k, start + k + half
                 # twiddle w = cos - sign * i sin(2 pi k / size); t = w * x_b
-                wr, ws = np.cos(2 * np.pi * k / size), np.sin(2 * np.pi * k / size)
+                wr, ws = float(np.cos(2 * np.pi * k / size)), float(np.sin(2 * np.pi * k / size))
                 if k == 0:
                     out.append(f"{pad}tr = r{b}; ti = i{b}")
                 elif abs(wr) < 1e-12:  # w = -sign i: no multiplications
