@@ -118,10 +118,9 @@ class Alignment:
         h, w = self.shape
         out = np.empty((rows.stop - rows.start, width, 2), np.float32)
         if self.dense is None:
-            a = np.zeros((2, 3), np.float32) if self.affine is None else np.ascontiguousarray(self.affine[i], np.float32)
+            a = np.zeros((2, 3), np.float32) if self.affine is None else self.affine[i].astype(np.float32)
             grid = extend_tile_grid(self._residual(i))
-            with kernels.LOCK:
-                kernels.tile_flow_sample_map(a, grid, self.tile, h, w, rows.start, pad, out)
+            kernels.tile_flow_sample_map(a, grid, self.tile, h, w, rows.start, pad, out)
             return out
         bottom = max(rows.stop - pad - h, 0)
         flow = cv2.copyMakeBorder(self.dense[i], pad, bottom, pad, width - w - pad, cv2.BORDER_REPLICATE)[rows]
@@ -550,8 +549,8 @@ def align_dis(grey: np.ndarray, ref: int, noise: NoiseModel, cfg: AlignConfig = 
 
 
 def warm_up() -> None:
-    """Compile the tile aligner's kernels now, on the calling thread (a few seconds the first time
-    on a machine, well under one after that: numba caches them on disk), by aligning a tiny burst
+    """Compile the tile aligner's kernels now, on the calling thread (about 15 s the first time on a
+    machine, well under one after that: numba caches them on disk), by aligning a tiny burst
     through the same code path, so the same specialisations are made."""
     rng = np.random.default_rng(0)
     grey = cv2.GaussianBlur(rng.random((2 * 64, 64), dtype=np.float32), (0, 0), 2.0).reshape(2, 64, 64)

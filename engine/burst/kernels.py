@@ -33,11 +33,11 @@ from engine.burst.fft16 import fft16_cols, fft16_rows
 # numba's own "workqueue" threads, not OpenMP: OpenMP's workers spin after each kernel, and the
 # merge calls a kernel between every pair of scipy FFTs and OpenCV remaps, whose threads they then
 # starve (merge 140 -> 117 ms with them idle). Workqueue aborts the process if two threads launch
-# parallel kernels at once, so callers hold LOCK around their kernel calls. Re-entrant: a caller
-# holding it may call code that takes it again (the merge's strip loop asks the alignment for maps).
+# parallel kernels at once, so callers hold LOCK around their parallel kernel calls (serial ones
+# need not).
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
-LOCK = threading.RLock()
+LOCK = threading.Lock()
 
 
 @njit(cache=True, fastmath=True, parallel=True)
@@ -672,8 +672,8 @@ def warped_tile_sums(alt: np.ndarray, ref: np.ndarray, gx: np.ndarray, gy: np.nd
                         sdd += s3
                         xs = xe
                     continue
-                for x in range(x0, x1 + 1):
-                    d = _bilinear(img, a00 * np.float32(x) + bx, a10 * np.float32(x) + by, inside) - ref[y, x]
+                for x in range(x0, x1 + 1):  # a row reaching past the image: fold each sample in
+                    d = _bilinear(img, a00 * np.float32(x) + bx, a10 * np.float32(x) + by, False) - ref[y, x]
                     sgx += gx[y, x] * d
                     sgy += gy[y, x] * d
                     sdd += d * d
