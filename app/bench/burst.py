@@ -230,7 +230,6 @@ def merge_profile(images, frames: int, seed: int, runs: int = 3) -> dict:
     for (filename, _, name), (_, _, tottime, _, _) in pstats.Stats(prof).stats.items():
         if filename == "~":  # a C function: "<remap>" (OpenCV), "<built-in method ...pypocketfft.r2c>"
             name = name.strip("<>").split(".")[-1]
-            name = "cv2.merge" if name == "merge" else name  # OpenCV's, not our merge()
         own[name] = own.get(name, 0.0) + tottime
     total = sum(own.values())
     parts = {label: 1e3 * sum(own.pop(f, 0.0) for f in funcs) / n for label, funcs in MERGE_PARTS}
@@ -255,7 +254,8 @@ def child_12mp(data: str, n: int, frames: int, seed: int, out: str) -> None:
     prepare_for_bursts(BurstConfig())
     b = synthesize_burst(images[0][1], frames, np.random.default_rng([seed, 12, 0]), KPN_GAINS[4],
                          SYNTHETIC_BURST_MOTION, size=size, keep_clean=False)
-    merge(b.noisy, align(grey(b.noisy), 0, noise_model(b.noise)), noise_model(b.noise))
+    nm = noise_model(b.noise)
+    merge(b.noisy, align(grey(b.noisy), 0, nm), nm)
     del b
     res: dict = {"images": [name for name, _ in images], "stages": {}, "scores": {}, "epe": []}
     for k, (name, img) in enumerate(images):
