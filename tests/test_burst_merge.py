@@ -200,8 +200,9 @@ def test_merge_config_refuses_nonsense():
 
 
 def test_merges_from_two_threads_at_once_match_the_one_at_a_time_result():
-    # numba's workqueue threads abort the process if two threads launch kernels together; the
-    # merge's lock must make concurrent merges (the engine and a loader's warm-up) safe and exact.
+    # numba's workqueue threads (the fallback threading layer) abort the process if two threads
+    # launch kernels together; the merge's lock must make concurrent merges (the engine and a
+    # loader's warm-up) safe and exact under any layer.
     import threading
 
     bursts = [burst(4, gain=2, size=(128, 96), seed=s) for s in (40, 41)]

@@ -30,13 +30,22 @@ from numba import njit, prange
 
 from engine.burst.fft16 import fft16_cols, fft16_rows
 
-# numba's own "workqueue" threads, not OpenMP: OpenMP's workers spin after each kernel, and the
-# merge calls a kernel between every pair of scipy FFTs and OpenCV remaps, whose threads they then
-# starve (merge 140 -> 117 ms with them idle). Workqueue aborts the process if two threads launch
-# parallel kernels at once, so callers hold LOCK around their parallel kernel calls (serial ones
-# need not).
+# numba's OpenMP threads (GNU libgomp, which Linux ships) where they load, else TBB's or its own
+# "workqueue". Under workqueue the calling thread only waits while two workers, asleep since the
+# last kernel, wake up and share the work; on this VM waking them took as long as the work (a
+# 320x240 aligner warp: 1.9 ms back to back, 4.2 ms between the aligner's other steps). OpenMP's
+# calling thread does half the work itself: 2.0-2.4 ms there; align 31 -> 24 ms and merge 53 ->
+# 49 ms in three A/B pairs. Its workers wait passively: spinning after each kernel would starve
+# the OpenCV and scipy threads that run between kernels (it cost the scipy-FFT merge 23 ms when
+# that path was the only one), and measured no faster here. Both are set before the first kernel
+# loads libgomp (the policy is process-wide); the environment overrides them.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+    numba.config.THREADING_LAYER = "default"
+# Workqueue aborts the process if two threads launch parallel kernels at once, and two kernels at
+# once would only oversubscribe two cores: callers hold LOCK around their parallel kernel calls
+# (serial ones need not).
 LOCK = threading.Lock()
 
 

@@ -1,0 +1,51 @@
+"""The burst kernels' threads: numba's OpenMP layer where it loads, its workers waiting passively,
+and the environment's choice kept when it makes one. Each case runs in a fresh interpreter, as the
+layer is chosen once per process, at the first parallel kernel."""
+import json
+import os
+import subprocess
+import sys
+
+_PROBE = """
+import json, os
+import numba, numpy as np
+from numba import njit, prange
+import engine.burst.kernels
+
+@njit(parallel=True)
+def double(a):
+    for i in prange(a.size):
+        a[i] *= 2.0
+
+a = np.ones(1000)
+double(a)
+try:
+    from numba.np.ufunc import omppool  # noqa: F401
+    omp_loads = True
+except ImportError:
+    omp_loads = False
+print(json.dumps({"layer": numba.threading_layer(), "policy": os.environ.get("OMP_WAIT_POLICY"),
+                  "omp_loads": omp_loads, "sum": float(a.sum())}))
+"""
+
+
+def _probe(**env_overrides: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY")}
+    env.update(env_overrides)
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True, env=env,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_kernels_run_on_openmp_threads_that_wait_passively():
+    got = _probe()
+    assert got["sum"] == 2000.0
+    assert got["policy"] == "passive"
+    # OpenMP where numba's OpenMP pool loads (it needs libgomp); otherwise a layer that works
+    assert got["layer"] == ("omp" if got["omp_loads"] else got["layer"])
+    assert got["layer"] in ("omp", "tbb", "workqueue")
+
+
+def test_the_environment_chooses_the_layer_and_the_wait_policy_when_it_names_them():
+    got = _probe(NUMBA_THREADING_LAYER="workqueue", OMP_WAIT_POLICY="active")
+    assert got == {"layer": "workqueue", "policy": "active", "omp_loads": got["omp_loads"], "sum": 2000.0}
