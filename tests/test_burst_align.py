@@ -231,6 +231,41 @@ def test_sample_map_is_the_dense_flow_replicated_past_the_edges_plus_the_pixel_g
             assert got.shape == want[rows].shape and np.abs(got - want[rows]).max() < 1e-3
 
 
+@pytest.mark.parametrize("cfg", [AlignConfig(), AlignConfig(global_model=False)])
+def test_remap_maps_are_opencvs_fixed_point_sample_map_and_bound_the_rows_it_reads(cfg):
+    import cv2
+
+    b = burst(4, gain=2, size=(256, 192), seed=12)
+    al = align(grey(b.noisy), 0, noise_model(b), cfg)
+    h, w = al.shape
+    pad, width = 8, w + 21
+    for i in range(1, 4):
+        for rows in (slice(0, 40), slice(30, 31), slice(90, h + 2 * pad + 5)):
+            points = al.sample_map(i, rows, pad, width)
+            top, bottom, xy, frac = al.remap_maps(i, rows, pad, width)
+            want_xy, want_frac = cv2.convertMaps(points, None, cv2.CV_16SC2)
+            want_xy[..., 1] -= top
+            assert np.array_equal(xy, want_xy) and np.array_equal(frac, want_frac)
+            # bicubic reads one row above a sample's and two below; the band must hold them
+            assert top <= np.floor(points[..., 1].min()) - 1 and bottom >= np.floor(points[..., 1].max()) + 3
+    assert align(grey(b.noisy), 0, noise_model(b), AlignConfig(method="dis")).remap_maps(1, slice(0, 8), pad, width) is None
+
+
+def test_fixed_point_maps_round_half_to_even_as_opencv_does():
+    import cv2
+
+    from engine.burst.align import Alignment
+
+    # a translation by (k + 1/64) / 32 px puts every sample exactly halfway between two 32nds
+    for shift in (0.0, 1 / 64, 3 / 64, -5 / 64, 0.5 + 1 / 64):
+        al = Alignment(16, np.full((2, 2, 2, 2), shift, np.float32), np.ones((2, 2, 2), np.float32), (32, 32), 0,
+                       "tiles", np.zeros((2, 2, 3), np.float32))
+        points = al.sample_map(1, slice(0, 48), 8, 48)
+        _, _, xy, frac = al.remap_maps(1, slice(0, 48), 8, 48)
+        want_xy, want_frac = cv2.convertMaps(points, None, cv2.CV_16SC2)
+        assert np.array_equal(xy[..., 0], want_xy[..., 0]) and np.array_equal(frac, want_frac), shift
+
+
 def test_the_affine_fits_median_is_numpys_with_ties_and_even_lengths():
     from engine.burst.kernels import _median
 

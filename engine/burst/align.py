@@ -130,6 +130,29 @@ class Alignment:
         out[..., 1] = ys + flow[..., 1]
         return out
 
+    def remap_maps(self, i: int, rows: slice, pad: int, width: int) -> tuple[int, int, np.ndarray, np.ndarray] | None:
+        """sample_map in OpenCV's fixed-point form, with the band of source rows it reads:
+        (top, bottom, xy (R, W, 2) int16 with rows counted from `top`, frac (R, W) uint16), as
+        cv2.convertMaps makes it; a bicubic remap reads only source rows top .. bottom - 1.
+        Tile alignments build it in one compiled pass; None for dense ones (use sample_map)."""
+        if self.dense is not None:
+            return None
+        h, w = self.shape
+        a = np.zeros((2, 3), np.float32) if self.affine is None else self.affine[i].astype(np.float32)
+        grid = extend_tile_grid(self._residual(i))
+        # map y = y + affine(cx, cy) + residual: bound each term over the rows (the affine part at
+        # the corners, the residual by the grid it interpolates), then bicubic's reach
+        y0, y1 = rows.start - pad, rows.stop - 1 - pad
+        cx = np.array([0.0, w - 1.0, 0.0, w - 1.0])
+        cy = np.clip(np.array([y0, y0, y1, y1], np.float64), 0, h - 1)
+        fy = a[1, 0] * cx + a[1, 1] * cy + a[1, 2]
+        top = int(np.floor(y0 + fy.min() + grid[..., 1].min())) - 3
+        bottom = int(np.ceil(y1 + fy.max() + grid[..., 1].max())) + 4
+        xy = np.empty((rows.stop - rows.start, width, 2), np.int16)
+        frac = np.empty((rows.stop - rows.start, width), np.uint16)
+        kernels.tile_flow_remap_maps(a, grid, self.tile, h, w, rows.start, pad, top, xy, frac)
+        return top, bottom, xy, frac
+
     def _residual(self, i: int) -> np.ndarray:
         """(ny, nx, 2) frame i's tile flows less its affine model at the tile centres."""
         if self.affine is None:

@@ -317,13 +317,13 @@ def wiener_merge16(ref: np.ndarray, alts: np.ndarray, window: np.ndarray, satura
                                     out[p, row0 + _S * j + y, _S * i + x] += scale * inv[2 * (y * _T + x) * _LANES + 4 * half + p]
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def interleave_rows(planes: np.ndarray, top: int, out: np.ndarray) -> None:
     """out (R, W, P) = planes (P, H, W) rows top .. top + R side by side, as cv2.merge makes them
     (what OpenCV's remap warps in one pass), rows outside 0..H-1 reflected (REFLECT_101): one pass
-    where fancy indexing and cv2.merge took two. Serial: a parallel launch costs more than this."""
+    where fancy indexing and cv2.merge took two."""
     p_n, h, w = planes.shape
-    for r in range(out.shape[0]):
+    for r in prange(out.shape[0]):
         y = _reflect(top + r, h)
         for x in range(w):
             for p in range(p_n):
@@ -501,7 +501,47 @@ def offset_tile_ssd(alt: np.ndarray, ref: np.ndarray, tile: int, radius: int, ou
                     out[dy, dx, f, j, i] = s * inv
 
 
-@njit(cache=True, fastmath=True)
+@njit(inline="always")
+def _map_columns(width: int, pad: int, w: int, gw: int, inv_t: float) -> tuple:
+    """Per output column of a sample map, once: the x clamped into the frame, and where it falls
+    in the tile grid (cv2.resize's rule, cropped by one tile): (cx, u0, fu) arrays."""
+    cxs = np.empty(width, np.float32)
+    u0s = np.empty(width, np.int64)
+    fus = np.empty(width, np.float32)
+    for xx in range(width):
+        cx = min(max(xx - pad, 0), w - 1)
+        u = (np.float32(cx) + np.float32(0.5)) * inv_t + np.float32(0.5)
+        u0s[xx] = min(int(u), gw - 2)
+        fus[xx] = min(u - np.float32(u0s[xx]), np.float32(1.0))
+        cxs[xx] = cx
+    return cxs, u0s, fus
+
+
+@njit(inline="always")
+def _map_row(a: np.ndarray, grid: np.ndarray, y: int, h: int, inv_t: float, line: np.ndarray) -> tuple:
+    """For frame row y: the tile grid interpolated down to it into `line` (gw, 2), and the affine
+    model's terms that do not depend on x: (bx, by)."""
+    gh, gw = grid.shape[0], grid.shape[1]
+    cy = min(max(y, 0), h - 1)
+    v = (np.float32(cy) + np.float32(0.5)) * inv_t + np.float32(0.5)
+    v0 = min(int(v), gh - 2)
+    fv = min(v - np.float32(v0), np.float32(1.0))
+    for k in range(gw):
+        for c in range(2):
+            line[k, c] = grid[v0, k, c] + fv * (grid[v0 + 1, k, c] - grid[v0, k, c])
+    return a[0, 1] * np.float32(cy) + a[0, 2], a[1, 1] * np.float32(cy) + a[1, 2]
+
+
+@njit(inline="always")
+def _map_point(a: np.ndarray, line: np.ndarray, u0: int, fu: float, cx: float, x: int, y: int, bx: float,
+               by: float) -> tuple:
+    """The source point (x, y) + flow(cx, cy) of one output pixel (see tile_flow_sample_map)."""
+    rx = line[u0, 0] + fu * (line[u0 + 1, 0] - line[u0, 0])
+    ry = line[u0, 1] + fu * (line[u0 + 1, 1] - line[u0, 1])
+    return np.float32(x) + a[0, 0] * cx + bx + rx, np.float32(y) + a[1, 0] * cx + by + ry
+
+
+@njit(cache=True, parallel=True)
 def tile_flow_sample_map(a: np.ndarray, grid: np.ndarray, tile: int, h: int, w: int, row0: int, pad: int,
                          out: np.ndarray) -> None:
     """Where a frame is sampled to land on the reference, straight from its alignment, for a remap.
@@ -514,37 +554,37 @@ def tile_flow_sample_map(a: np.ndarray, grid: np.ndarray, tile: int, h: int, w: 
     extrapolates, sampled as cv2.resize(INTER_LINEAR) at `tile` times its size does. The same
     numbers as copyMakeBorder(Alignment.flow(i), REPLICATE) plus the pixel grid, without the
     dense flow arrays."""
-    gh, gw = grid.shape[0], grid.shape[1]
-    rows, width = out.shape[0], out.shape[1]
     inv_t = np.float32(1.0 / tile)
-    # per column, once: the clamped x, and where it falls in the grid (cv2.resize's rule, cropped by one tile)
-    cxs = np.empty(width, np.float32)
-    u0s = np.empty(width, np.int64)
-    fus = np.empty(width, np.float32)
-    for xx in range(width):
-        cx = min(max(xx - pad, 0), w - 1)
-        u = (np.float32(cx) + np.float32(0.5)) * inv_t + np.float32(0.5)
-        u0s[xx] = min(int(u), gw - 2)
-        fus[xx] = min(u - np.float32(u0s[xx]), np.float32(1.0))
-        cxs[xx] = cx
-    line = np.empty((gw, 2), np.float32)  # the grid interpolated to the current row
-    for r in range(rows):  # serial: a parallel launch costs more than these few hundred thousand samples
+    cxs, u0s, fus = _map_columns(out.shape[1], pad, w, grid.shape[1], inv_t)
+    for r in prange(out.shape[0]):
+        line = np.empty((grid.shape[1], 2), np.float32)
         y = row0 + r - pad
-        cy = min(max(y, 0), h - 1)
-        v = (np.float32(cy) + np.float32(0.5)) * inv_t + np.float32(0.5)
-        v0 = min(int(v), gh - 2)
-        fv = min(v - np.float32(v0), np.float32(1.0))
-        for k in range(gw):
-            for c in range(2):
-                line[k, c] = grid[v0, k, c] + fv * (grid[v0 + 1, k, c] - grid[v0, k, c])
-        bx = a[0, 1] * np.float32(cy) + a[0, 2]
-        by = a[1, 1] * np.float32(cy) + a[1, 2]
-        for xx in range(width):
-            u0, fu, cx = u0s[xx], fus[xx], cxs[xx]
-            rx = line[u0, 0] + fu * (line[u0 + 1, 0] - line[u0, 0])
-            ry = line[u0, 1] + fu * (line[u0 + 1, 1] - line[u0, 1])
-            out[r, xx, 0] = np.float32(xx - pad) + a[0, 0] * cx + bx + rx
-            out[r, xx, 1] = np.float32(y) + a[1, 0] * cx + by + ry
+        bx, by = _map_row(a, grid, y, h, inv_t, line)
+        for xx in range(out.shape[1]):
+            out[r, xx, 0], out[r, xx, 1] = _map_point(a, line, u0s[xx], fus[xx], cxs[xx], xx - pad, y, bx, by)
+
+
+@njit(cache=True, parallel=True)
+def tile_flow_remap_maps(a: np.ndarray, grid: np.ndarray, tile: int, h: int, w: int, row0: int, pad: int,
+                         top: int, xy: np.ndarray, frac: np.ndarray) -> None:
+    """tile_flow_sample_map's points in the fixed-point form OpenCV's remap works in, as
+    cv2.convertMaps(points, None, CV_16SC2) makes it (1/32 pixel, rounded half to even), with the
+    rows counted from source row `top`: xy (R, W, 2) int16 the whole pixel (x, y - top), frac (R, W)
+    uint16 the fraction (32 fy + fx in 32nds). One pass instead of a float map, its conversion,
+    and a shift of its rows."""
+    inv_t = np.float32(1.0 / tile)
+    cxs, u0s, fus = _map_columns(xy.shape[1], pad, w, grid.shape[1], inv_t)
+    for r in prange(xy.shape[0]):
+        line = np.empty((grid.shape[1], 2), np.float32)
+        y = row0 + r - pad
+        bx, by = _map_row(a, grid, y, h, inv_t, line)
+        for xx in range(xy.shape[1]):
+            sx, sy = _map_point(a, line, u0s[xx], fus[xx], cxs[xx], xx - pad, y, bx, by)
+            ix = int(np.rint(sx * np.float32(32.0)))
+            iy = int(np.rint(sy * np.float32(32.0)))
+            xy[r, xx, 0] = ix >> 5
+            xy[r, xx, 1] = (iy >> 5) - top
+            frac[r, xx] = ((iy & 31) << 5) | (ix & 31)
 
 
 # -- alignment, warps ---------------------------------------------------------------------------------------

@@ -95,21 +95,35 @@ def warp_rows(planes: np.ndarray, points: np.ndarray, interpolation: str = "cubi
               interleaved: bool = False) -> np.ndarray:
     """The (4, h, w) planes sampled at `points` (R, W, 2) float32 (x, y) in plane pixels (a
     remap's map, e.g. Alignment.sample_map), borders reflected -> (4, R, W), or (R, W, 4) as
-    OpenCV made it when `interleaved`.
-
-    The four planes are warped together: only the band of source rows the output reads (rows
-    past the top and bottom reflected, as OpenCV's REFLECT_101 would) is interleaved, remapped
-    once, and split back.
-    """
+    OpenCV made it when `interleaved`."""
     map_y = points[..., 1]
     top = int(np.floor(map_y.min())) - 3
     bottom = int(np.ceil(map_y.max())) + 4
+    xy, frac = cv2.convertMaps(points, None, cv2.CV_16SC2)
+    xy[..., 1] -= top  # the band's rows start at `top`
+    out = _remap_band(planes, top, bottom, xy, frac, interpolation)
+    return out if interleaved else np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def warp_aligned_rows(planes: np.ndarray, alignment: Alignment, i: int, rows: slice, pad: int,
+                      interpolation: str, out: np.ndarray) -> None:
+    """Frame i's (4, h, w) planes warped onto rows `rows` of the reference grown by `pad` on every
+    side (Alignment.sample_map's frame), into out (R, W, 4)."""
+    maps = alignment.remap_maps(i, rows, pad, out.shape[1])
+    if maps is None:
+        out[:] = warp_rows(planes, alignment.sample_map(i, rows, pad, out.shape[1]), interpolation, interleaved=True)
+    else:
+        _remap_band(planes, *maps, interpolation, out)
+
+
+def _remap_band(planes: np.ndarray, top: int, bottom: int, xy: np.ndarray, frac: np.ndarray,
+                interpolation: str, out: np.ndarray | None = None) -> np.ndarray:
+    """OpenCV's remap of the four planes at once by fixed-point maps whose rows count from source
+    row `top`: only the band of source rows top .. bottom - 1 (past the top and bottom reflected,
+    as REFLECT_101 would) is interleaved, remapped once -> (R, W, 4), into `out` if given."""
     src = np.empty((bottom - top, planes.shape[2], planes.shape[0]), np.float32)
     kernels.interleave_rows(np.ascontiguousarray(planes, np.float32), top, src)
-    m1, m2 = cv2.convertMaps(points, None, cv2.CV_16SC2)
-    m1[..., 1] -= top  # the band's rows start at `top`
-    out = cv2.remap(src, m1, m2, _INTERPOLATION[interpolation], borderMode=cv2.BORDER_REFLECT101)
-    return out if interleaved else np.ascontiguousarray(out.transpose(2, 0, 1))
+    return cv2.remap(src, xy, frac, _INTERPOLATION[interpolation], dst=out, borderMode=cv2.BORDER_REFLECT101)
 
 
 # -- the DFT of windowed tiles ------------------------------------------------------------------
@@ -189,7 +203,7 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
             ref_strip = np.ascontiguousarray(r_pad[:, pix])
             alts = _scratch(alts_buf, (f,) + ref_strip.shape[1:] + (4,))
             for k, i in enumerate(others):  # each frame warped onto the padded reference's rows
-                alts[k] = warp_rows(planes[i], alignment.sample_map(i, pix, s, wp), cfg.interpolation, interleaved=True)
+                warp_aligned_rows(planes[i], alignment, i, pix, s, cfg.interpolation, alts[k])
             c = (cfg.strength * sum_w2 * var_d[:, r0:r1]).astype(np.float32)  # (4, nr, nx)
             # spatial Wiener on the merged spectrum, against its noise (about var / N)
             c2 = (cfg.spatial * sum_w2 * var_d[:, r0:r1] / (2.0 * n)).astype(np.float32)
