@@ -63,9 +63,9 @@ def windowed_differences(ref: np.ndarray, alts: np.ndarray, window: np.ndarray, 
     """
     f_n, _, ny, nx, t, _ = out.shape
     s = t // 2
-    for job in prange(f_n * ny):
-        f = job // ny
-        j = job % ny
+    for job in prange(f_n * ny):  # frames innermost: every frame's tile row j reads the same reference rows
+        j = job // f_n
+        f = job % f_n
         for i in range(nx):
             for y in range(t):
                 row = s * j + y
@@ -477,9 +477,9 @@ def offset_tile_ssd(alt: np.ndarray, ref: np.ndarray, tile: int, radius: int, ou
     size, _, f_n, ny, nx = out.shape
     h, w = alt.shape[1], alt.shape[2]
     inv = np.float32(1.0 / (tile * tile))
-    for job in prange(f_n * ny):
-        f = job // ny
-        j = job % ny
+    for job in prange(f_n * ny):  # frames innermost: every frame's tile row j reads the same reference rows
+        j = job // f_n
+        f = job % f_n
         img = alt[f]
         for i in range(nx):
             for dy in range(size):
@@ -686,9 +686,9 @@ def warped_tile_sums(alt: np.ndarray, ref: np.ndarray, gx: np.ndarray, gy: np.nd
     f_n, ny, nx = resid.shape[0], resid.shape[1], resid.shape[2]
     h, w = alt.shape[1], alt.shape[2]
     keep = diff.shape[0] > 0
-    for job in prange(f_n * ny):
-        f = job // ny
-        j = job % ny
+    for job in prange(f_n * ny):  # frames innermost: every frame's tile row j reads the same reference rows
+        j = job // f_n
+        f = job % f_n
         img = alt[f]
         a = _affine(model, f)
         a00, a10 = a[0], a[3]
@@ -742,9 +742,9 @@ def shifted_tile_ssd(alt: np.ndarray, ref: np.ndarray, model: np.ndarray, resid:
     f_n, ny, nx = resid.shape[0], resid.shape[1], resid.shape[2]
     h, w = alt.shape[1], alt.shape[2]
     p = tile + 2
-    for job in prange(f_n * ny):
-        f = job // ny
-        j = job % ny
+    for job in prange(f_n * ny):  # frames innermost: every frame's tile row j reads the same reference rows
+        j = job // f_n
+        f = job % f_n
         img = alt[f]
         a = _affine(model, f)
         a00, a10 = a[0], a[3]
