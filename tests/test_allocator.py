@@ -9,13 +9,13 @@ from engine.allocator import keep_freed_memory
 
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt settings are glibc's")
 
-# Allocates and touches a 64 MB array twice and prints the minor page faults of the second time.
+# Allocates and touches an array of {mb} MB twice and prints the minor page faults of the second time.
 _FAULTS = """
 import resource, numpy as np
 {setup}
-a = np.ones(16 << 20, np.float32); del a
+a = np.ones({mb} << 18, np.float32); del a
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-a = np.ones(16 << 20, np.float32)
+a = np.ones({mb} << 18, np.float32)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
@@ -27,16 +27,16 @@ _BURSTS = ("from engine.burst.align import AlignConfig; from engine.burst.merge 
            "prepare_for_bursts(BurstConfig(align=AlignConfig(method='dis'), merge=MergeConfig(method='robust')))")
 
 
-def _second_allocation_faults(setup: str) -> int:
-    out = subprocess.run([sys.executable, "-c", _FAULTS.format(setup=setup)], capture_output=True, text=True,
+def _second_allocation_faults(setup: str, mb: int) -> int:
+    out = subprocess.run([sys.executable, "-c", _FAULTS.format(setup=setup, mb=mb)], capture_output=True, text=True,
                          check=True)
     return int(out.stdout.strip())
 
 
 @glibc
-@pytest.mark.parametrize("setup", [_KEEP, _BURSTS])
-def test_second_large_allocation_reuses_the_heap(setup):
-    without, with_setting = _second_allocation_faults(""), _second_allocation_faults(setup)
+@pytest.mark.parametrize("setup, mb", [(_KEEP, 64), (_BURSTS, 64), (_KEEP, 400)])  # 400 MB: a 12 MP burst
+def test_second_large_allocation_reuses_the_heap(setup, mb):
+    without, with_setting = _second_allocation_faults("", mb), _second_allocation_faults(setup, mb)
     assert without >= 32  # glibc unmapped the first array: the second is faulted in afresh (2 MB pages at best)
     assert with_setting < 16 and with_setting * 4 < without
 
@@ -49,3 +49,4 @@ def test_settings_are_taken():
 def test_thresholds_that_make_no_sense_are_refused():
     assert keep_freed_memory(mmap_threshold=0) is False
     assert keep_freed_memory(mmap_threshold=1 << 30, trim_threshold=1 << 20) is False
+    assert keep_freed_memory(mmap_threshold=1 << 30, trim_threshold=1 << 31) is False  # mallopt takes a C int

@@ -261,7 +261,15 @@ def build_pyramid(grey: np.ndarray, levels: int) -> list[np.ndarray]:
         prev = pyr[-1]
         if min(prev.shape[-2:]) < 32:
             break
-        pyr.append(cv2.pyrDown(prev) if prev.ndim == 2 else np.stack([cv2.pyrDown(p) for p in prev]))
+        if prev.ndim == 2:
+            pyr.append(cv2.pyrDown(prev))
+            continue
+        # each frame straight into one stack: at 12 MP a stack of separate results is another
+        # copy of 20 MB per level, into memory touched for the first time
+        nxt = np.empty(prev.shape[:-2] + ((prev.shape[-2] + 1) // 2, (prev.shape[-1] + 1) // 2), np.float32)
+        for p, q in zip(prev, nxt):
+            cv2.pyrDown(p, dst=q)
+        pyr.append(nxt)
     return pyr
 
 
@@ -294,7 +302,9 @@ class _Level:
         r = np.ascontiguousarray(ref[: ny * tile, : nx * tile])
         a = np.ascontiguousarray(alt[:, : ny * tile, : nx * tile])
         rs = cv2.GaussianBlur(r, (0, 0), _LK_SIGMA)
-        alt_s = np.stack([cv2.GaussianBlur(x, (0, 0), _LK_SIGMA) for x in a])
+        alt_s = np.empty_like(a)
+        for x, x_s in zip(a, alt_s):
+            cv2.GaussianBlur(x, (0, 0), _LK_SIGMA, dst=x_s)
         gx = cv2.Sobel(rs, cv2.CV_32F, 1, 0, ksize=3, scale=1 / 8)
         gy = cv2.Sobel(rs, cv2.CV_32F, 0, 1, ksize=3, scale=1 / 8)
         sxx, syy, sxy = tile_means(gx * gx, tile), tile_means(gy * gy, tile), tile_means(gx * gy, tile)
@@ -329,7 +339,9 @@ def align_tiles(grey: np.ndarray, ref: int, noise: NoiseModel, cfg: AlignConfig 
     if not others:
         return Alignment(t0, flow_out, conf_out, (h, w), ref, "tiles", aff_out)
     pyr_ref = build_pyramid(grey[ref], cfg.levels)
-    pyr_alt = build_pyramid(grey[others], len(pyr_ref))
+    # the frames before or after the reference are a view; others a copy (85 MB at 12 MP)
+    alts = grey[1:] if ref == 0 else grey[:-1] if ref == n - 1 else grey[others]
+    pyr_alt = build_pyramid(alts, len(pyr_ref))
     top = len(pyr_ref) - 1
     model = resid = prev = None
     for lvl in range(top, -1, -1):
