@@ -628,7 +628,7 @@ class MainWindow(QMainWindow):
         self._load_gen += 1
         gen = self._load_gen
         settings = self._settings()
-        # until it is running or has failed: a first BurstFusion compiles its kernels (40-45 s)
+        # until it is running or has failed: a first BurstFusion compiles its kernels (about 45 s)
         self.statusBar().showMessage(f"loading {label(name)}…")
 
         def job():
