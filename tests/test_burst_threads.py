@@ -49,3 +49,43 @@ def test_kernels_run_on_openmp_threads_that_wait_passively():
 def test_the_environment_chooses_the_layer_and_the_wait_policy_when_it_names_them():
     got = _probe(NUMBA_THREADING_LAYER="workqueue", OMP_WAIT_POLICY="active")
     assert got == {"layer": "workqueue", "policy": "active", "omp_loads": got["omp_loads"], "sum": 2000.0}
+
+
+_CONCURRENT = """
+import threading
+import numpy as np
+from engine.burst.align import align
+from engine.burst.merge import MergeConfig, merge
+from engine.burst.raw import NoiseModel, grey
+
+rng = np.random.default_rng(0)
+planes = rng.random((4, 4, 64, 96), dtype=np.float32) * 0.5
+noise = NoiseModel((1e-3,) * 4, (1e-5,) * 4)
+alignment = align(grey(planes), 0, noise)
+errors = []
+
+def run(cfg):
+    try:
+        for _ in range(20):
+            merge(planes, alignment, noise, cfg)
+            alignment.sample_map(1, slice(0, 80), 8, 112)
+    except Exception as e:  # noqa: BLE001
+        errors.append(e)
+
+threads = [threading.Thread(target=run, args=(cfg,)) for cfg in (MergeConfig(), MergeConfig(method="robust"))]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("ok" if not errors else errors)
+"""
+
+
+def test_concurrent_merges_are_safe_on_the_workqueue_fallback():
+    # workqueue aborts the whole process when two threads launch parallel kernels at once: every
+    # parallel kernel, the warps' included, must run under the kernels' lock
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    env["NUMBA_THREADING_LAYER"] = "workqueue"
+    out = subprocess.run([sys.executable, "-c", _CONCURRENT], capture_output=True, text=True, env=env, timeout=600,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout[-2000:] + out.stderr[-2000:]

@@ -121,7 +121,8 @@ class Alignment:
         if self.dense is None:
             a = np.zeros((2, 3), np.float32) if self.affine is None else self.affine[i].astype(np.float32)
             grid = extend_tile_grid(self._residual(i))
-            kernels.tile_flow_sample_map(a, grid, self.tile, h, w, rows.start, pad, out)
+            with kernels.LOCK:
+                kernels.tile_flow_sample_map(a, grid, self.tile, h, w, rows.start, pad, out)
             return out
         bottom = max(rows.stop - pad - h, 0)
         flow = cv2.copyMakeBorder(self.dense[i], pad, bottom, pad, width - w - pad, cv2.BORDER_REPLICATE)[rows]
@@ -151,7 +152,8 @@ class Alignment:
         bottom = int(np.ceil(y1 + fy.max() + grid[..., 1].max())) + 4
         xy = np.empty((rows.stop - rows.start, width, 2), np.int16)
         frac = np.empty((rows.stop - rows.start, width), np.uint16)
-        kernels.tile_flow_remap_maps(a, grid, self.tile, h, w, rows.start, pad, top, xy, frac)
+        with kernels.LOCK:
+            kernels.tile_flow_remap_maps(a, grid, self.tile, h, w, rows.start, pad, top, xy, frac)
         return top, bottom, xy, frac
 
     def _residual(self, i: int) -> np.ndarray:

@@ -122,7 +122,8 @@ def _remap_band(planes: np.ndarray, top: int, bottom: int, xy: np.ndarray, frac:
     row `top`: only the band of source rows top .. bottom - 1 (past the top and bottom reflected,
     as REFLECT_101 would) is interleaved, remapped once -> (R, W, 4), into `out` if given."""
     src = np.empty((bottom - top, planes.shape[2], planes.shape[0]), np.float32)
-    kernels.interleave_rows(np.ascontiguousarray(planes, np.float32), top, src)
+    with kernels.LOCK:
+        kernels.interleave_rows(np.ascontiguousarray(planes, np.float32), top, src)
     return cv2.remap(src, xy, frac, _INTERPOLATION[interpolation], dst=out, borderMode=cv2.BORDER_REFLECT101)
 
 
