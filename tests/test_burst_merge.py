@@ -264,3 +264,19 @@ def test_planes_warp_together_as_each_would_alone_past_every_edge():
     for interpolation, flag in (("cubic", cv2.INTER_CUBIC), ("linear", cv2.INTER_LINEAR)):
         want = np.stack([cv2.remap(p, m1, m2, flag, borderMode=cv2.BORDER_REFLECT101) for p in planes])
         assert np.abs(warp_planes(planes, flow, interpolation) - want).max() < 1e-6
+
+
+def test_aligned_warp_into_a_strip_matches_the_float_map_warp_and_refuses_an_output_it_cannot_fill():
+    from engine.burst.merge import warp_aligned_rows, warp_rows
+
+    b = burst(4, gain=2, size=(128, 96), seed=42)
+    al = align(grey(b.noisy), 0, noise_model(b))
+    h, w = al.shape
+    rows, pad = slice(0, h + 16), 8
+    out = np.full((h + 16, w + 16, 4), np.nan, np.float32)
+    for i in range(1, 4):
+        warp_aligned_rows(b.noisy[i], al, i, rows, pad, "cubic", out)
+        want = warp_rows(b.noisy[i], al.sample_map(i, rows, pad, w + 16), "cubic", interleaved=True)
+        assert np.array_equal(out, want)
+    with pytest.raises(ValueError, match="float32"):
+        warp_aligned_rows(b.noisy[1], al, 1, rows, pad, "cubic", np.zeros(out.shape, np.float64))

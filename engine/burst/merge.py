@@ -124,7 +124,11 @@ def _remap_band(planes: np.ndarray, top: int, bottom: int, xy: np.ndarray, frac:
     src = np.empty((bottom - top, planes.shape[2], planes.shape[0]), np.float32)
     with kernels.LOCK:
         kernels.interleave_rows(np.ascontiguousarray(planes, np.float32), top, src)
-    return cv2.remap(src, xy, frac, _INTERPOLATION[interpolation], dst=out, borderMode=cv2.BORDER_REFLECT101)
+    res = cv2.remap(src, xy, frac, _INTERPOLATION[interpolation], dst=out, borderMode=cv2.BORDER_REFLECT101)
+    if out is not None and res is not out:  # OpenCV makes a new array, silently, for a dst it cannot use
+        raise ValueError(f"warp output must be a C-contiguous float32 {xy.shape[:2] + (4,)} array, "
+                         f"got {out.dtype} {out.shape}")
+    return res
 
 
 # -- the DFT of windowed tiles ------------------------------------------------------------------
