@@ -102,6 +102,22 @@ def test_hot_and_dead_pixels_are_found_only_when_the_camera_moved():
     assert not defect_mask(stack, nm, [0]).any()
 
 
+def test_defect_repair_is_the_3x3_median_in_every_frame_at_edges_and_between_neighbouring_defects():
+    from engine.burst.raw import median3
+
+    rng = np.random.default_rng(5)
+    stack = rng.random((5, 4, 30, 40), dtype=np.float32)
+    mask = rng.random((4, 30, 40)) < 0.05
+    mask[:, 0, :4] = True  # a corner and a run of neighbours along the top edge
+    mask[2, :, -1] = True  # a dead column at the right edge
+    want = np.stack([np.where(mask, median3(p), p) for p in stack])  # every pixel's median of the untouched frame
+    assert np.array_equal(repair_defects(stack, mask), want)
+    assert np.array_equal(repair_defects(stack[1], mask), want[1])
+    burst_copy = stack.copy()
+    assert repair_defects(burst_copy, mask, inplace=True) is burst_copy and np.array_equal(burst_copy, want)
+    assert repair_defects(stack, np.zeros_like(mask)) is stack
+
+
 def test_burst_check_names_size_pattern_level_and_exposure_differences():
     ok = bayer(np.zeros((24, 32)), exposure_time_s=1 / 60, iso=100)
     frames = [

@@ -187,7 +187,7 @@ def fuse_burst(frames: Sequence[Frame], cfg: BurstConfig = BurstConfig(), timer:
             else:
                 mask = defect_mask(stack, noise, displaced_frames(_offsets(alignment), r))
             if mask.any():
-                stack = np.stack([repair_defects(p, mask) for p in stack])
+                repair_defects(stack, mask, inplace=True)  # the stack is this call's own array
     with timer.stage("merge"):
         merged = merge(stack, alignment, noise, cfg.merge)
     merged, out_meta, lens = _apply_lens(merged, meta, cfg, timer)

@@ -285,13 +285,23 @@ def median3(planes: np.ndarray) -> np.ndarray:
     return np.stack([cv2.medianBlur(np.ascontiguousarray(p, np.float32), 3) for p in planes])
 
 
-def repair_defects(planes: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(4, h, w) planes with the pixels in (4, h, w) bool `mask` replaced by their 3x3 same-colour
-    median (a new array; the input is unchanged when the mask is empty)."""
+def repair_defects(planes: np.ndarray, mask: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """(..., 4, h, w) planes (one frame or a burst) with the pixels in (4, h, w) bool `mask`
+    replaced, in every frame, by their 3x3 same-colour median (median3's: borders replicated):
+    a new array unless `inplace`; the input itself when the mask is empty.
+
+    Only the masked pixels' neighbourhoods are read: a whole-plane median per frame took 10 ms
+    for an 8-frame 640x480 burst, for the few dozen pixels a sensor has."""
     if not mask.any():
         return planes
-    out = planes.copy()
-    out[mask] = median3(planes)[mask]
+    p, y, x = np.nonzero(mask)
+    dy, dx = np.divmod(np.arange(9), 3)
+    h, w = mask.shape[1:]
+    yy = np.clip(y[:, None] + dy - 1, 0, h - 1)
+    xx = np.clip(x[:, None] + dx - 1, 0, w - 1)
+    medians = np.partition(planes[..., p[:, None], yy, xx], 4, axis=-1)[..., 4]  # the 5th of 9; read before any write
+    out = planes if inplace else planes.copy()
+    out[..., p, y, x] = medians
     return out
 
 
