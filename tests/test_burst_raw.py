@@ -38,6 +38,11 @@ def test_pack_normalise_and_back_are_exact_for_every_pattern(pattern):
     # plane k is CFA position k (row-major), black-subtracted per position
     assert planes[1, 0, 0] == pytest.approx((int(mosaic[0, 1]) - 64) / (4095 - 64))
     assert np.array_equal(denormalise(planes, black, 4095), mosaic)
+    stack = np.full((3, 4, 12, 16), np.nan, np.float32)  # a burst's stack, filled in place
+    got = normalise(mosaic, RawMeta(black_level=black, white_level=4095, cfa_pattern=pattern), out=stack[1])
+    assert np.shares_memory(got, stack) and np.array_equal(stack[1], planes) and np.isnan(stack[0]).all()
+    with pytest.raises(ValueError, match="even sides"):
+        normalise(mosaic[:, :31], RawMeta(black_level=black, white_level=4095, cfa_pattern=pattern))
 
 
 @pytest.mark.parametrize("pattern,want", [("RGGB", (0, 1, 2, 3)), ("BGGR", (3, 2, 1, 0)),

@@ -163,7 +163,10 @@ def fuse_burst(frames: Sequence[Frame], cfg: BurstConfig = BurstConfig(), timer:
         bad = {i for i, _ in problems}
         used = [i for i in range(len(frames)) if i not in bad]
         meta = frames[ref].raw
-        stack = np.stack([normalise(frames[i].pixels, meta) for i in used])
+        h, w = frames[ref].pixels.shape
+        stack = np.empty((len(used), 4, h // 2, w // 2), np.float32)
+        for k, i in enumerate(used):
+            normalise(frames[i].pixels, meta, out=stack[k])
         r = used.index(ref)
         noise = NoiseModel.from_meta(meta)
         if noise is None:

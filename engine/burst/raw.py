@@ -80,18 +80,23 @@ def black_levels(meta: RawMeta) -> np.ndarray:
     return black
 
 
-def normalise(mosaic: np.ndarray, meta: RawMeta) -> np.ndarray:
-    """(H, W) uint16 mosaic -> (4, H/2, W/2) float32 planes, 0 = black, 1 = white level.
+def normalise(mosaic: np.ndarray, meta: RawMeta, out: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) uint16 mosaic -> (4, H/2, W/2) float32 planes, 0 = black, 1 = white level, into `out`
+    if given (a burst's stack: no copy of each frame's planes into it).
 
     Values below black (read noise) stay negative: clipping them would bias dark areas upwards
     once frames are averaged.
     """
+    if mosaic.ndim != 2 or mosaic.shape[0] % 2 or mosaic.shape[1] % 2:
+        raise ValueError(f"normalise needs a 2-D mosaic with even sides, got shape {mosaic.shape}")
     black = black_levels(meta)
-    scale = 1.0 / (float(meta.white_level) - black)
-    planes = pack(mosaic).astype(np.float32)
-    planes -= black[:, None, None]
-    planes *= scale.astype(np.float32)[:, None, None]
-    return planes
+    scale = (1.0 / (float(meta.white_level) - black)).astype(np.float32)
+    if out is None:
+        out = np.empty((4, mosaic.shape[0] // 2, mosaic.shape[1] // 2), np.float32)
+    for k, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):  # pack's order, one pass per plane
+        np.subtract(mosaic[dy::2, dx::2], black[k], out=out[k])  # in float32, as before
+        out[k] *= scale[k]
+    return out
 
 
 def denormalise(planes: np.ndarray, black: Sequence[float], white: int) -> np.ndarray:
