@@ -13,6 +13,7 @@ from engine.burst.raw import (
     denormalise,
     displaced_frames,
     estimate_noise,
+    grey,
     normalise,
     pack,
     plane_colours,
@@ -142,3 +143,9 @@ def test_burst_check_names_size_pattern_level_and_exposure_differences():
     assert "exposure time" in problems[4] and "ISO 800 vs 100" in problems[5]
     rgb = Frame(np.zeros((24, 32, 3), np.uint8), 0, 0, "cam", PixelFormat.BGR8)
     assert "needs BAYER16" in check_burst([rgb, ok], 0)[0][1]
+
+
+def test_grey_is_the_mean_of_the_four_planes_for_a_frame_or_a_burst():
+    rng = np.random.default_rng(6)
+    for planes in (rng.random((4, 6, 8), dtype=np.float32), rng.random((3, 4, 6, 8), dtype=np.float32) - 0.2):
+        assert np.array_equal(grey(planes), planes.mean(axis=-3, dtype=np.float32))

