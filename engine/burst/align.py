@@ -119,8 +119,7 @@ class Alignment:
         h, w = self.shape
         out = np.empty((rows.stop - rows.start, width, 2), np.float32)
         if self.dense is None:
-            a = np.zeros((2, 3), np.float32) if self.affine is None else self.affine[i].astype(np.float32)
-            grid = extend_tile_grid(self._residual(i))
+            a, grid = self._map_model(i)
             with kernels.LOCK:
                 kernels.tile_flow_sample_map(a, grid, self.tile, h, w, rows.start, pad, out)
             return out
@@ -140,8 +139,7 @@ class Alignment:
         if self.dense is not None:
             return None
         h, w = self.shape
-        a = np.zeros((2, 3), np.float32) if self.affine is None else self.affine[i].astype(np.float32)
-        grid = extend_tile_grid(self._residual(i))
+        a, grid = self._map_model(i)
         # map y = y + affine(cx, cy) + residual: bound each term over the rows (the affine part at
         # the corners, the residual by the grid it interpolates), then bicubic's reach
         y0, y1 = rows.start - pad, rows.stop - 1 - pad
@@ -155,6 +153,12 @@ class Alignment:
         with kernels.LOCK:
             kernels.tile_flow_remap_maps(a, grid, self.tile, h, w, rows.start, pad, top, xy, frac)
         return top, bottom, xy, frac
+
+    def _map_model(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """What the map kernels take for frame i: its (2, 3) float32 affine model (zero without
+        one) and its tile residuals with the extrapolated ring (align.extend_tile_grid)."""
+        a = np.zeros((2, 3), np.float32) if self.affine is None else self.affine[i].astype(np.float32)
+        return a, extend_tile_grid(self._residual(i))
 
     def _residual(self, i: int) -> np.ndarray:
         """(ny, nx, 2) frame i's tile flows less its affine model at the tile centres."""

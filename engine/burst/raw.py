@@ -53,11 +53,19 @@ def colour_index(pattern: str) -> np.ndarray:
     return np.array(["RGB".index(c) for c in plane_colours(pattern)])
 
 
+# (row, column) of each packed plane's sample in a 2x2 CFA cell, row-major
+_CELL = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
+def _check_mosaic(mosaic: np.ndarray, who: str) -> None:
+    if mosaic.ndim != 2 or mosaic.shape[0] % 2 or mosaic.shape[1] % 2:
+        raise ValueError(f"{who} needs a 2-D mosaic with even sides, got shape {mosaic.shape}")
+
+
 def pack(mosaic: np.ndarray) -> np.ndarray:
     """(H, W) mosaic, H and W even -> (4, H/2, W/2) planes in row-major CFA order (a new array)."""
-    if mosaic.ndim != 2 or mosaic.shape[0] % 2 or mosaic.shape[1] % 2:
-        raise ValueError(f"pack needs a 2-D mosaic with even sides, got shape {mosaic.shape}")
-    return np.stack([mosaic[0::2, 0::2], mosaic[0::2, 1::2], mosaic[1::2, 0::2], mosaic[1::2, 1::2]])
+    _check_mosaic(mosaic, "pack")
+    return np.stack([mosaic[dy::2, dx::2] for dy, dx in _CELL])
 
 
 def unpack(planes: np.ndarray) -> np.ndarray:
@@ -66,7 +74,8 @@ def unpack(planes: np.ndarray) -> np.ndarray:
         raise ValueError(f"unpack needs (4, h, w) planes, got shape {planes.shape}")
     _, h, w = planes.shape
     out = np.empty((2 * h, 2 * w), planes.dtype)
-    out[0::2, 0::2], out[0::2, 1::2], out[1::2, 0::2], out[1::2, 1::2] = planes
+    for (dy, dx), plane in zip(_CELL, planes):
+        out[dy::2, dx::2] = plane
     return out
 
 
@@ -87,13 +96,12 @@ def normalise(mosaic: np.ndarray, meta: RawMeta, out: np.ndarray | None = None) 
     Values below black (read noise) stay negative: clipping them would bias dark areas upwards
     once frames are averaged.
     """
-    if mosaic.ndim != 2 or mosaic.shape[0] % 2 or mosaic.shape[1] % 2:
-        raise ValueError(f"normalise needs a 2-D mosaic with even sides, got shape {mosaic.shape}")
+    _check_mosaic(mosaic, "normalise")
     black = black_levels(meta)
     scale = (1.0 / (float(meta.white_level) - black)).astype(np.float32)
     if out is None:
         out = np.empty((4, mosaic.shape[0] // 2, mosaic.shape[1] // 2), np.float32)
-    for k, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):  # pack's order, one pass per plane
+    for k, (dy, dx) in enumerate(_CELL):  # pack's planes, one pass each
         np.subtract(mosaic[dy::2, dx::2], black[k], out=out[k])  # in float32, as before
         out[k] *= scale[k]
     return out
