@@ -181,7 +181,9 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
     # Pad to whole half-tiles, then half a tile on every side, so the windows cover every pixel.
     eh, ew = -h % s, -w % s
     hp, wp = h + eh + t, w + ew + t
-    r_pad = np.stack([cv2.copyMakeBorder(p, s, s + eh, s, s + ew, cv2.BORDER_REFLECT101) for p in ref_planes])
+    r_pad = np.empty((4, hp, wp), np.float32)
+    for p, padded in zip(ref_planes, r_pad):
+        cv2.copyMakeBorder(p, s, s + eh, s, s + ew, cv2.BORDER_REFLECT101, dst=padded)
     ny, nx = hp // s - 1, wp // s - 1
     conf = _confidence_on_tiles(alignment, others, ny, nx, s)  # (F, ny, nx)
     level = _tile_means(r_pad, t)  # (4, ny, nx) reference level per tile
@@ -205,8 +207,7 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
         for r0 in range(0, ny, rows_per):
             r1 = min(ny, r0 + rows_per)
             pix = slice(r0 * s, (r1 + 1) * s)  # padded rows these tile rows cover
-            ref_strip = np.ascontiguousarray(r_pad[:, pix])
-            alts = _scratch(alts_buf, (f,) + ref_strip.shape[1:] + (4,))
+            alts = _scratch(alts_buf, (f, pix.stop - pix.start, wp, 4))
             for k, i in enumerate(others):  # each frame warped onto the padded reference's rows
                 warp_aligned_rows(planes[i], alignment, i, pix, s, cfg.interpolation, alts[k])
             c = (cfg.strength * sum_w2 * var_d[:, r0:r1]).astype(np.float32)  # (4, nr, nx)
@@ -214,9 +215,10 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
             c2 = (cfg.spatial * sum_w2 * var_d[:, r0:r1] / (2.0 * n)).astype(np.float32)
             conf_strip = np.ascontiguousarray(conf[:, r0:r1])
             if fused:
-                kernels.wiener_merge16(ref_strip, alts, window, SATURATION, c, conf_strip, 1.0 / n, c2, spatial,
+                kernels.wiener_merge16(r_pad, alts, window, SATURATION, c, conf_strip, 1.0 / n, c2, spatial,
                                        out, pix.start)
                 continue
+            ref_strip = np.ascontiguousarray(r_pad[:, pix])
             tiles = _scratch(tiles_buf, (f, 4, r1 - r0, nx, t, t))
             kernels.windowed_differences(ref_strip, alts, window, SATURATION, tiles)
             spec = tile_spectra(tiles, overwrite=True)  # (F, 4, nr, nx, t, t/2+1)
