@@ -131,13 +131,17 @@ def test_warped_tile_sums_match_an_opencv_remap_including_reflected_borders(tile
     resid = rng.uniform(-1.5, 1.5, (f, ny, nx, 2)).astype(np.float32)
     out = np.empty((f, ny, nx, 3), np.float32)
     diff = np.empty((f, h, w), np.float32)
-    kernels.warped_tile_sums(alt, ref, gx, gy, model, resid, tile, out, diff)
+    kernels.warped_tile_sums(alt, ref, gx, gy, model, resid, tile, out, diff, 1)
+    every_other = np.empty_like(out)
+    kernels.warped_tile_sums(alt, ref, gx, gy, model, resid, tile, every_other, np.empty((0, 1, 1), np.float32), 2)
     for k in range(f):
         d = _opencv_warp(alt[k], model[k], resid[k], tile) - ref
         assert np.allclose(diff[k], d, atol=2e-4)
         for c, g in enumerate((gx * d, gy * d, d * d)):
             want = g.reshape(ny, tile, nx, tile).sum(axis=(1, 3))
             assert np.allclose(out[k, ..., c], want, rtol=1e-3, atol=2e-3)
+            want = g.reshape(ny, tile, nx, tile)[:, ::2].sum(axis=(1, 3))  # rows 0, 2, 4... of each tile
+            assert np.allclose(every_other[k, ..., c], want, rtol=1e-3, atol=2e-3)
 
 
 def test_shifted_tile_ssd_finds_the_whole_pixel_step_that_matches():
@@ -156,7 +160,7 @@ def test_shifted_tile_ssd_finds_the_whole_pixel_step_that_matches():
     assert (inner.argmin(axis=-1) == 3 * 2 + 0).all()  # the step dy = +1, dx = -1
     assert np.allclose(inner.min(axis=-1), 0.0, atol=1e-6)
     sums = np.empty((1, ny, nx, 3), np.float32)
-    kernels.warped_tile_sums(alt, ref, ref, ref, model, resid, tile, sums, np.empty((0, 1, 1), np.float32))
+    kernels.warped_tile_sums(alt, ref, ref, ref, model, resid, tile, sums, np.empty((0, 1, 1), np.float32), 1)
     assert np.allclose(ssd[0, ..., 4], sums[0, ..., 2], rtol=1e-5)  # no step: the plain warp's sum
 
 
@@ -170,7 +174,7 @@ def test_warp_kernels_stay_inside_the_image_for_any_flow():
     for bad in (np.nan, np.inf, -1e30, 1e9):
         model = np.full((f, 2, 3), bad, np.float32)
         out = np.empty((f, 4, 4, 3), np.float32)
-        kernels.warped_tile_sums(alt, alt[0], alt[0], alt[0], model, resid, tile, out, np.empty((0, 1, 1), np.float32))
+        kernels.warped_tile_sums(alt, alt[0], alt[0], alt[0], model, resid, tile, out, np.empty((0, 1, 1), np.float32), 1)
         ssd = np.empty((f, 4, 4, 9), np.float32)
         kernels.shifted_tile_ssd(alt, alt[0], model, resid, tile, ssd)
 

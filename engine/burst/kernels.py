@@ -673,7 +673,7 @@ def _run_sums(img, ref, gx, gy, diff, keep, f, y, xs, xe, dx, iy, a00, a10, bx, 
 
 @njit(cache=True, fastmath=True, parallel=True)
 def warped_tile_sums(alt: np.ndarray, ref: np.ndarray, gx: np.ndarray, gy: np.ndarray, model: np.ndarray,
-                     resid: np.ndarray, tile: int, out: np.ndarray, diff: np.ndarray) -> None:
+                     resid: np.ndarray, tile: int, out: np.ndarray, diff: np.ndarray, row_step: int) -> None:
     """Each frame warped onto the reference by its affine model plus its tiles' own flows, and per
     tile the sums Lucas-Kanade and the tile tests need, in one pass.
 
@@ -683,6 +683,7 @@ def warped_tile_sums(alt: np.ndarray, ref: np.ndarray, gx: np.ndarray, gy: np.nd
         sum(gx d), sum(gy d), sum(d^2)   with d = alt(x + flow(x)) - ref(x),
     alt sampled bilinearly with reflected borders, as OpenCV's remap(INTER_LINEAR, REFLECT_101).
     diff: (F, H, W) float32 that receives d itself, or a (0, 1, 1) array for none.
+    row_step: sum over every row_step-th row of each tile only (1: all; diff needs 1).
     """
     f_n, ny, nx = resid.shape[0], resid.shape[1], resid.shape[2]
     h, w = alt.shape[1], alt.shape[2]
@@ -700,7 +701,7 @@ def warped_tile_sums(alt: np.ndarray, ref: np.ndarray, gx: np.ndarray, gy: np.nd
             sgy = np.float32(0.0)
             sdd = np.float32(0.0)
             x0, x1 = i * tile, (i + 1) * tile - 1
-            for y in range(j * tile, (j + 1) * tile):
+            for y in range(j * tile, (j + 1) * tile, row_step):
                 bx, by, inside = _row_start(a, np.float32(y), rx, ry, x_lo, x_hi, h, w)
                 if inside:
                     # The row's samples lie on a straight segment, so they cross a pixel row or
