@@ -76,13 +76,31 @@ def test_reference_can_be_any_frame_and_its_own_flow_is_zero():
     assert al.ref == 2 and not al.tile_flow[2].any() and (al.confidence[2] == 1).all()
 
 
-@pytest.mark.parametrize("size", [(40, 24), (64, 48), (250, 130)])
+@pytest.mark.parametrize("size", [(40, 24), (40, 26), (64, 48), (250, 130)])  # (40, 26): an odd 13-pixel tile
 def test_small_and_odd_sizes_align_without_error(size):
     b = burst(3, gain=1, size=size, seed=11, motion=MotionConfig(2.0, 0.0))
     for method in ("tiles", "dis"):
         al = align(grey(b.noisy), 0, noise_model(b), AlignConfig(method=method))
         assert al.flow(1).shape == (size[1] // 2, size[0] // 2, 2)
         assert np.isfinite(al.flow(1)).all()
+
+
+@pytest.mark.parametrize("tile", [16, 13])
+def test_confidence_lowpass_expects_the_noise_it_leaves(tile):
+    # the difference of two frames of white noise, each smoothed as Lucas-Kanade smooths them: the
+    # confidence's low-pass (pyrDown for even tiles, a Gaussian for odd ones) must leave the
+    # fraction of its variance that the confidence expects, or static tiles would read as motion
+    import cv2
+
+    from engine.burst.align import _LK_KSIZE, _LK_SIGMA, _mismatch_energy
+
+    rng = np.random.default_rng(12)
+    sigma = 0.05
+    frames = [cv2.GaussianBlur(rng.normal(0, sigma, (20 * tile, 24 * tile)).astype(np.float32),
+                               (_LK_KSIZE, _LK_KSIZE), _LK_SIGMA) for _ in range(2)]
+    energy, kept = _mismatch_energy(frames[0] - frames[1], tile)
+    assert energy.shape == (20, 24)
+    assert abs(energy.mean() / (2 * sigma**2 * kept) - 1) < 0.05
 
 
 def test_one_frame_aligns_to_itself():

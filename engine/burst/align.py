@@ -376,7 +376,7 @@ def align_tiles(grey: np.ndarray, ref: int, noise: NoiseModel, cfg: AlignConfig 
         if spread is None:
             spread = _tile_ssd(L, model, resid)
         # the model's own fit only feeds _significant's ratio test, for which every other row is
-        # plenty: 2 ms less a 640x480 burst, the same merged PSNR on Kodak24 at gains 1-8
+        # plenty: 1-2 ms less a 640x480 burst, the same merged PSNR on Kodak24 at gains 1-8
         resid = _significant(resid, L, spread, _tile_ssd(L, model, None, row_step=2), weight)
         prev = L
     L = prev
