@@ -228,7 +228,7 @@ def test_burst_fusion_compiles_its_kernels_when_it_is_made():
     # the default path's kernels, and the general merge path's (other tile sizes), which it does not need
     code = ("from engine.burst import kernels\n"
             "from engine.burst.fusion import BurstFusion\n"
-            "used = ['wiener_merge16', 'interleave_rows', 'tile_flow_remap_maps', 'warped_tile_sums',\n"
+            "used = ['wiener_merge16', 'interleave_rows', 'tile_flow_maps', 'warped_tile_sums',\n"
             "        'shifted_tile_ssd', 'offset_tile_ssd', 'fit_affine_irls']\n"
             "general = ['windowed_differences', 'windowed_tiles', 'wiener_sum', 'spatial_shrink', 'overlap_add']\n"
             "compiled = lambda names: sum(bool(getattr(kernels, n).signatures) for n in names)\n"

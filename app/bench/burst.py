@@ -197,8 +197,8 @@ def speed(images, frames: int, size: tuple[int, int], runs: int, seed: int) -> d
 MERGE_PARTS = (
     ("fused Wiener kernel: window, FFTs, gains, inverse FFT, overlap-add (numba)", ("wiener_merge16",)),
     ("bicubic warps of the frames (maps, interleaving, OpenCV remap)",
-     ("remap", "interleave_rows", "_remap_band", "warp_aligned_rows", "remap_maps", "tile_flow_remap_maps",
-      "convertMaps", "warp_rows", "sample_map", "tile_flow_sample_map")),
+     ("remap", "interleave_rows", "_remap_band", "warp_aligned_rows", "remap_maps", "tile_flow_maps",
+      "convertMaps", "warp_rows", "sample_map")),
 )
 
 

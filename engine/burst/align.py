@@ -115,13 +115,13 @@ class Alignment:
         """(len(rows), width, 2) float32 source points (x, y) + flow(x, y) of frame i for rows
         `rows` of the frame grown by `pad` on every side (the flow replicated past the edges):
         the map a remap onto the reference takes. Tile alignments build it in one compiled pass
-        (kernels.tile_flow_sample_map), without the dense flow."""
+        (kernels.tile_flow_maps), without the dense flow."""
         h, w = self.shape
         out = np.empty((rows.stop - rows.start, width, 2), np.float32)
         if self.dense is None:
             a, grid = self._map_model(i)
             with kernels.LOCK:
-                kernels.tile_flow_sample_map(a, grid, self.tile, h, w, rows.start, pad, out)
+                kernels.tile_flow_maps(a, grid, self.tile, h, w, rows.start, pad, out, 0, _NO_XY, _NO_FRAC)
             return out
         bottom = max(rows.stop - pad - h, 0)
         flow = cv2.copyMakeBorder(self.dense[i], pad, bottom, pad, width - w - pad, cv2.BORDER_REPLICATE)[rows]
@@ -151,7 +151,7 @@ class Alignment:
         xy = np.empty((rows.stop - rows.start, width, 2), np.int16)
         frac = np.empty((rows.stop - rows.start, width), np.uint16)
         with kernels.LOCK:
-            kernels.tile_flow_remap_maps(a, grid, self.tile, h, w, rows.start, pad, top, xy, frac)
+            kernels.tile_flow_maps(a, grid, self.tile, h, w, rows.start, pad, _NO_POINTS, top, xy, frac)
         return top, bottom, xy, frac
 
     def _map_model(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -165,6 +165,12 @@ class Alignment:
         if self.affine is None:
             return self.tile_flow[i]
         return self.tile_flow[i] - affine_at(self.affine[i], tile_centres(*self.tile_flow.shape[1:3], self.tile))
+
+
+# what tile_flow_maps takes for the form it is not asked for
+_NO_POINTS = np.empty((0, 0, 2), np.float32)
+_NO_XY = np.empty((0, 0, 2), np.int16)
+_NO_FRAC = np.empty((0, 0), np.uint16)
 
 
 # -- small pure helpers -----------------------------------------------------------------------------

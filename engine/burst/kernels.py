@@ -502,10 +502,29 @@ def offset_tile_ssd(alt: np.ndarray, ref: np.ndarray, tile: int, radius: int, ou
                     out[dy, dx, f, j, i] = s * inv
 
 
-@njit(inline="always")
-def _map_columns(width: int, pad: int, w: int, gw: int, inv_t: float) -> tuple:
-    """Per output column of a sample map, once: the x clamped into the frame, and where it falls
-    in the tile grid (cv2.resize's rule, cropped by one tile): (cx, u0, fu) arrays."""
+@njit(cache=True, parallel=True)
+def tile_flow_maps(a: np.ndarray, grid: np.ndarray, tile: int, h: int, w: int, row0: int, pad: int,
+                   points: np.ndarray, top: int, xy: np.ndarray, frac: np.ndarray) -> None:
+    """Where a frame is sampled to land on the reference, straight from its alignment, for a remap.
+
+    For rows row0 .. row0 + R of the (h, w) frame grown by `pad` on every side: at output pixel
+    (x, y) (frame coordinates, x = column - pad, y = row0 + row - pad) the source point
+    (x, y) + flow(cx, cy), with (cx, cy) the point clamped into the frame (the flow replicated past
+    its edges) and flow = the affine model a (2, 3) + the tile residuals bilinear between tile
+    centres: grid (ny + 2, nx + 2, 2) holds them with the ring align.extend_tile_grid extrapolates,
+    sampled as cv2.resize(INTER_LINEAR) at `tile` times its size does. The same numbers as
+    copyMakeBorder(Alignment.flow(i), REPLICATE) plus the pixel grid, without the dense flow arrays.
+
+    Written as float points into `points` (R, W, 2); or, when `points` is empty (0, 0, 2), in the
+    fixed-point form OpenCV's remap works in, as cv2.convertMaps(points, None, CV_16SC2) makes it
+    (1/32 pixel, rounded half to even), with rows counted from source row `top`: xy (R, W, 2) int16
+    the whole pixel (x, y - top), frac (R, W) uint16 the fraction (32 fy + fx in 32nds). That is one
+    pass instead of a float map, its conversion, and a shift of its rows."""
+    fixed = points.shape[0] == 0
+    rows, width = (xy.shape[0], xy.shape[1]) if fixed else (points.shape[0], points.shape[1])
+    gh, gw = grid.shape[0], grid.shape[1]
+    inv_t = np.float32(1.0 / tile)
+    # per column, once: the clamped x, and where it falls in the grid (cv2.resize's rule, cropped by one tile)
     cxs = np.empty(width, np.float32)
     u0s = np.empty(width, np.int64)
     fus = np.empty(width, np.float32)
@@ -515,77 +534,33 @@ def _map_columns(width: int, pad: int, w: int, gw: int, inv_t: float) -> tuple:
         u0s[xx] = min(int(u), gw - 2)
         fus[xx] = min(u - np.float32(u0s[xx]), np.float32(1.0))
         cxs[xx] = cx
-    return cxs, u0s, fus
-
-
-@njit(inline="always")
-def _map_row(a: np.ndarray, grid: np.ndarray, y: int, h: int, inv_t: float, line: np.ndarray) -> tuple:
-    """For frame row y: the tile grid interpolated down to it into `line` (gw, 2), and the affine
-    model's terms that do not depend on x: (bx, by)."""
-    gh, gw = grid.shape[0], grid.shape[1]
-    cy = min(max(y, 0), h - 1)
-    v = (np.float32(cy) + np.float32(0.5)) * inv_t + np.float32(0.5)
-    v0 = min(int(v), gh - 2)
-    fv = min(v - np.float32(v0), np.float32(1.0))
-    for k in range(gw):
-        for c in range(2):
-            line[k, c] = grid[v0, k, c] + fv * (grid[v0 + 1, k, c] - grid[v0, k, c])
-    return a[0, 1] * np.float32(cy) + a[0, 2], a[1, 1] * np.float32(cy) + a[1, 2]
-
-
-@njit(inline="always")
-def _map_point(a: np.ndarray, line: np.ndarray, u0: int, fu: float, cx: float, x: int, y: int, bx: float,
-               by: float) -> tuple:
-    """The source point (x, y) + flow(cx, cy) of one output pixel (see tile_flow_sample_map)."""
-    rx = line[u0, 0] + fu * (line[u0 + 1, 0] - line[u0, 0])
-    ry = line[u0, 1] + fu * (line[u0 + 1, 1] - line[u0, 1])
-    return np.float32(x) + a[0, 0] * cx + bx + rx, np.float32(y) + a[1, 0] * cx + by + ry
-
-
-@njit(cache=True, parallel=True)
-def tile_flow_sample_map(a: np.ndarray, grid: np.ndarray, tile: int, h: int, w: int, row0: int, pad: int,
-                         out: np.ndarray) -> None:
-    """Where a frame is sampled to land on the reference, straight from its alignment, for a remap.
-
-    out: (R, W, 2) float32, for rows row0 .. row0 + R of the (h, w) frame grown by `pad` on every
-    side: at output pixel (x, y) (frame coordinates, x = column - pad, y = row0 + row - pad) the
-    source point (x, y) + flow(cx, cy), with (cx, cy) the point clamped into the frame (the flow
-    replicated past its edges) and flow = the affine model a (2, 3) + the tile residuals bilinear
-    between tile centres: grid (ny + 2, nx + 2, 2) holds them with the ring align.extend_tile_grid
-    extrapolates, sampled as cv2.resize(INTER_LINEAR) at `tile` times its size does. The same
-    numbers as copyMakeBorder(Alignment.flow(i), REPLICATE) plus the pixel grid, without the
-    dense flow arrays."""
-    inv_t = np.float32(1.0 / tile)
-    cxs, u0s, fus = _map_columns(out.shape[1], pad, w, grid.shape[1], inv_t)
-    for r in prange(out.shape[0]):
-        line = np.empty((grid.shape[1], 2), np.float32)
+    for r in prange(rows):
         y = row0 + r - pad
-        bx, by = _map_row(a, grid, y, h, inv_t, line)
-        for xx in range(out.shape[1]):
-            out[r, xx, 0], out[r, xx, 1] = _map_point(a, line, u0s[xx], fus[xx], cxs[xx], xx - pad, y, bx, by)
-
-
-@njit(cache=True, parallel=True)
-def tile_flow_remap_maps(a: np.ndarray, grid: np.ndarray, tile: int, h: int, w: int, row0: int, pad: int,
-                         top: int, xy: np.ndarray, frac: np.ndarray) -> None:
-    """tile_flow_sample_map's points in the fixed-point form OpenCV's remap works in, as
-    cv2.convertMaps(points, None, CV_16SC2) makes it (1/32 pixel, rounded half to even), with the
-    rows counted from source row `top`: xy (R, W, 2) int16 the whole pixel (x, y - top), frac (R, W)
-    uint16 the fraction (32 fy + fx in 32nds). One pass instead of a float map, its conversion,
-    and a shift of its rows."""
-    inv_t = np.float32(1.0 / tile)
-    cxs, u0s, fus = _map_columns(xy.shape[1], pad, w, grid.shape[1], inv_t)
-    for r in prange(xy.shape[0]):
-        line = np.empty((grid.shape[1], 2), np.float32)
-        y = row0 + r - pad
-        bx, by = _map_row(a, grid, y, h, inv_t, line)
-        for xx in range(xy.shape[1]):
-            sx, sy = _map_point(a, line, u0s[xx], fus[xx], cxs[xx], xx - pad, y, bx, by)
-            ix = int(np.rint(sx * np.float32(32.0)))
-            iy = int(np.rint(sy * np.float32(32.0)))
-            xy[r, xx, 0] = ix >> 5
-            xy[r, xx, 1] = (iy >> 5) - top
-            frac[r, xx] = ((iy & 31) << 5) | (ix & 31)
+        cy = min(max(y, 0), h - 1)
+        v = (np.float32(cy) + np.float32(0.5)) * inv_t + np.float32(0.5)
+        v0 = min(int(v), gh - 2)
+        fv = min(v - np.float32(v0), np.float32(1.0))
+        line = np.empty((gw, 2), np.float32)  # the grid interpolated to this row
+        for k in range(gw):
+            for c in range(2):
+                line[k, c] = grid[v0, k, c] + fv * (grid[v0 + 1, k, c] - grid[v0, k, c])
+        bx = a[0, 1] * np.float32(cy) + a[0, 2]
+        by = a[1, 1] * np.float32(cy) + a[1, 2]
+        for xx in range(width):
+            u0, fu, cx = u0s[xx], fus[xx], cxs[xx]
+            rx = line[u0, 0] + fu * (line[u0 + 1, 0] - line[u0, 0])
+            ry = line[u0, 1] + fu * (line[u0 + 1, 1] - line[u0, 1])
+            sx = np.float32(xx - pad) + a[0, 0] * cx + bx + rx
+            sy = np.float32(y) + a[1, 0] * cx + by + ry
+            if fixed:
+                ix = int(np.rint(sx * np.float32(32.0)))
+                iy = int(np.rint(sy * np.float32(32.0)))
+                xy[r, xx, 0] = ix >> 5
+                xy[r, xx, 1] = (iy >> 5) - top
+                frac[r, xx] = ((iy & 31) << 5) | (ix & 31)
+            else:
+                points[r, xx, 0] = sx
+                points[r, xx, 1] = sy
 
 
 # -- alignment, warps ---------------------------------------------------------------------------------------
