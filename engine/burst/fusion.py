@@ -189,8 +189,7 @@ def fuse_burst(frames: Sequence[Frame], cfg: BurstConfig = BurstConfig(), timer:
                 mask = defects
             else:
                 mask = defect_mask(stack, noise, displaced_frames(_offsets(alignment), r))
-            if mask.any():
-                repair_defects(stack, mask, inplace=True)  # the stack is this call's own array
+            repair_defects(stack, mask, inplace=True)  # the stack is this call's own; an empty mask is a no-op
     with timer.stage("merge"):
         merged = merge(stack, alignment, noise, cfg.merge)
     merged, out_meta, lens = _apply_lens(merged, meta, cfg, timer)
