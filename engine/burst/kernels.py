@@ -221,10 +221,11 @@ def wiener_merge16(ref: np.ndarray, alts: np.ndarray, window: np.ndarray, satura
     ref: (4, H, W) float32 reference planes, of which the strip is rows row0 .. row0 + R - 1 (the
     whole array, like out, so that no strip is copied out of it); alts: (F, R, W, 4) float32 the
     frames warped onto the strip (OpenCV's interleaved planes); window: (16, 16) raised cosine;
-    c, c2: (4, ny, nx) the temporal and spatial Wiener constants per plane and tile; conf: (F, ny, nx) alignment
-    confidence; inv_n: 1 / (F + 1). out: (4, H, W) float32, zero on entry, receives from row row0 on
-    (the strip's place in the whole; the whole array, so that a strip is not a differently typed
-    view that numba would compile again) the merged planes
+    c, c2: (4, ny, nx) the temporal and spatial Wiener constants per plane and tile;
+    conf: (F, ny, nx) alignment confidence; inv_n: 1 / (F + 1).
+    out: (4, H, W) float32, zero on entry, receives from row row0 on (the strip's place in the
+    whole; the whole array, so that a strip is not a differently typed view that numba would
+    compile again) the merged planes
         sum over tiles of window-overlap-added IDFT(M),  M = R - inv_n sum_z conf_z c / (|D_z|^2 + c) D_z
     with R = DFT(window * ref), D_z = DFT(window * (ref - frame_z)) (a frame's clipped samples
     replaced by the reference's), M shrunk by |M|^2 / (|M|^2 + c2) if `spatial`.
