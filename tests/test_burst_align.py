@@ -236,56 +236,26 @@ def test_offset_search_table_matches_numpy_with_reflected_borders():
 
 
 @pytest.mark.parametrize("cfg", [AlignConfig(), AlignConfig(global_model=False), AlignConfig(method="dis")])
-def test_sample_map_is_the_dense_flow_replicated_past_the_edges_plus_the_pixel_grid(cfg):
-    import cv2
-
+def test_flows_at_points_are_the_dense_flow_there_replicated_past_the_edges(cfg):
     b = burst(4, gain=2, size=(256, 192), seed=11)
     al = align(grey(b.noisy), 0, noise_model(b), cfg)
     h, w = al.shape
-    pad, extra = 8, 5  # the merge grows the frame by half a tile, and a little more at the bottom and right
-    width = w + 2 * pad + extra
+    rng = np.random.default_rng(11)
+    whole = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), axis=-1)
+    outside = np.array([[-9.5, -3.0], [w + 7.25, 5.0], [10.0, h + 20.0], [w + 1.0, -1.0]], np.float32)
     for i in range(1, 4):
-        flow = cv2.copyMakeBorder(al.flow(i), pad, pad + extra, pad, pad + extra, cv2.BORDER_REPLICATE)
-        ys, xs = np.mgrid[0 : flow.shape[0], 0 : flow.shape[1]].astype(np.float32) - pad
-        want = np.stack([xs + flow[..., 0], ys + flow[..., 1]], axis=-1)
-        for rows in (slice(0, 40), slice(90, h + 2 * pad + extra)):
-            got = al.sample_map(i, rows, pad, width)
-            assert got.shape == want[rows].shape and np.abs(got - want[rows]).max() < 1e-3
-
-
-@pytest.mark.parametrize("cfg", [AlignConfig(), AlignConfig(global_model=False)])
-def test_remap_maps_are_opencvs_fixed_point_sample_map_and_bound_the_rows_it_reads(cfg):
-    import cv2
-
-    b = burst(4, gain=2, size=(256, 192), seed=12)
-    al = align(grey(b.noisy), 0, noise_model(b), cfg)
-    h, w = al.shape
-    pad, width = 8, w + 21
-    for i in range(1, 4):
-        for rows in (slice(0, 40), slice(30, 31), slice(90, h + 2 * pad + 5)):
-            points = al.sample_map(i, rows, pad, width)
-            top, bottom, xy, frac = al.remap_maps(i, rows, pad, width)
-            want_xy, want_frac = cv2.convertMaps(points, None, cv2.CV_16SC2)
-            want_xy[..., 1] -= top
-            assert np.array_equal(xy, want_xy) and np.array_equal(frac, want_frac)
-            # bicubic reads one row above a sample's and two below; the band must hold them
-            assert top <= np.floor(points[..., 1].min()) - 1 and bottom >= np.floor(points[..., 1].max()) + 3
-    assert align(grey(b.noisy), 0, noise_model(b), AlignConfig(method="dis")).remap_maps(1, slice(0, 8), pad, width) is None
-
-
-def test_fixed_point_maps_round_half_to_even_as_opencv_does():
-    import cv2
-
-    from engine.burst.align import Alignment
-
-    # a translation by (k + 1/64) / 32 px puts every sample exactly halfway between two 32nds
-    for shift in (0.0, 1 / 64, 3 / 64, -5 / 64, 0.5 + 1 / 64):
-        al = Alignment(16, np.full((2, 2, 2, 2), shift, np.float32), np.ones((2, 2, 2), np.float32), (32, 32), 0,
-                       "tiles", np.zeros((2, 2, 3), np.float32))
-        points = al.sample_map(1, slice(0, 48), 8, 48)
-        _, _, xy, frac = al.remap_maps(1, slice(0, 48), 8, 48)
-        want_xy, want_frac = cv2.convertMaps(points, None, cv2.CV_16SC2)
-        assert np.array_equal(xy[..., 0], want_xy[..., 0]) and np.array_equal(frac, want_frac), shift
+        flow = al.flow(i)
+        assert np.abs(al.flows_at([i], whole)[0] - flow).max() < 1e-4  # at the pixels, the field itself
+        # between pixels: bilinear, to within the field's kinks: the tile residuals are bilinear between
+        # tile centres, which fall halfway between pixels (so a pixel's interpolation cuts a corner)
+        pts = rng.uniform(0, 1, (50, 2)).astype(np.float32) * np.array([w - 1, h - 1], np.float32)
+        x0, y0 = np.floor(pts[:, 0]).astype(int), np.floor(pts[:, 1]).astype(int)
+        fx, fy = (pts[:, 0] - x0)[:, None], (pts[:, 1] - y0)[:, None]
+        x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+        want = ((1 - fy) * ((1 - fx) * flow[y0, x0] + fx * flow[y0, x1]) + fy * ((1 - fx) * flow[y1, x0] + fx * flow[y1, x1]))
+        assert np.abs(al.flows_at([3, i], pts)[1] - want).max() < 0.02
+        clamped = np.clip(outside, 0, [w - 1, h - 1]).astype(int)
+        assert np.abs(al.flows_at([i], outside)[0] - flow[clamped[:, 1], clamped[:, 0]]).max() < 1e-4
 
 
 def test_the_affine_fits_median_is_numpys_with_ties_and_even_lengths():

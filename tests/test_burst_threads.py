@@ -68,7 +68,6 @@ def run(cfg):
     try:
         for _ in range(20):
             merge(planes, alignment, noise, cfg)
-            alignment.sample_map(1, slice(0, 80), 8, 112)
     except Exception as e:  # noqa: BLE001
         errors.append(e)
 

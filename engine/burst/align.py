@@ -111,66 +111,31 @@ class Alignment:
             return upsample_flow(self.tile_flow[i], self.tile, h, w)
         return affine_dense(self.affine[i], h, w) + upsample_flow(self._residual(i), self.tile, h, w)
 
-    def sample_map(self, i: int, rows: slice, pad: int, width: int) -> np.ndarray:
-        """(len(rows), width, 2) float32 source points (x, y) + flow(x, y) of frame i for rows
-        `rows` of the frame grown by `pad` on every side (the flow replicated past the edges):
-        the map a remap onto the reference takes. Tile alignments build it in one compiled pass
-        (kernels.tile_flow_maps), without the dense flow."""
+    def flows_at(self, frames: list[int], points: np.ndarray) -> np.ndarray:
+        """(F, ..., 2) float32 flow (dx, dy) of each of `frames` at (..., 2) points (x, y) in plane
+        pixels, each point clamped into the frame first (the flow replicated past its edges):
+        Alignment.flow's field, bilinear between its pixels (where it is itself bilinear, exactly),
+        without making it. The merge takes each tile at the flow of its centre."""
         h, w = self.shape
-        out = np.empty((rows.stop - rows.start, width, 2), np.float32)
-        if self.dense is None:
-            a, grid = self._map_model(i)
-            with kernels.LOCK:
-                kernels.tile_flow_maps(a, grid, self.tile, h, w, rows.start, pad, out, 0, _NO_XY, _NO_FRAC)
-            return out
-        bottom = max(rows.stop - pad - h, 0)
-        flow = cv2.copyMakeBorder(self.dense[i], pad, bottom, pad, width - w - pad, cv2.BORDER_REPLICATE)[rows]
-        xs = np.arange(width, dtype=np.float32) - pad
-        ys = np.arange(rows.start, rows.stop, dtype=np.float32)[:, None] - pad
-        out[..., 0] = xs + flow[..., 0]
-        out[..., 1] = ys + flow[..., 1]
-        return out
-
-    def remap_maps(self, i: int, rows: slice, pad: int, width: int) -> tuple[int, int, np.ndarray, np.ndarray] | None:
-        """sample_map in OpenCV's fixed-point form, with the band of source rows it reads:
-        (top, bottom, xy (R, W, 2) int16 with rows counted from `top`, frac (R, W) uint16), as
-        cv2.convertMaps makes it; a bicubic remap reads only source rows top .. bottom - 1.
-        Tile alignments build it in one compiled pass; None for dense ones (use sample_map)."""
+        x = np.clip(points[..., 0], 0, w - 1).astype(np.float32)
+        y = np.clip(points[..., 1], 0, h - 1).astype(np.float32)
         if self.dense is not None:
-            return None
-        h, w = self.shape
-        a, grid = self._map_model(i)
-        # map y = y + affine(cx, cy) + residual: bound each term over the rows (the affine part at
-        # the corners, the residual by the grid it interpolates), then bicubic's reach
-        y0, y1 = rows.start - pad, rows.stop - 1 - pad
-        cx = np.array([0.0, w - 1.0, 0.0, w - 1.0])
-        cy = np.clip(np.array([y0, y0, y1, y1], np.float64), 0, h - 1)
-        fy = a[1, 0] * cx + a[1, 1] * cy + a[1, 2]
-        top = int(np.floor(y0 + fy.min() + grid[..., 1].min())) - 3
-        bottom = int(np.ceil(y1 + fy.max() + grid[..., 1].max())) + 4
-        xy = np.empty((rows.stop - rows.start, width, 2), np.int16)
-        frac = np.empty((rows.stop - rows.start, width), np.uint16)
-        with kernels.LOCK:
-            kernels.tile_flow_maps(a, grid, self.tile, h, w, rows.start, pad, _NO_POINTS, top, xy, frac)
-        return top, bottom, xy, frac
-
-    def _map_model(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """What the map kernels take for frame i: its (2, 3) float32 affine model (zero without
-        one) and its tile residuals with the extrapolated ring (align.extend_tile_grid)."""
-        a = np.zeros((2, 3), np.float32) if self.affine is None else self.affine[i].astype(np.float32)
-        return a, extend_tile_grid(self._residual(i))
+            return np.stack([bilinear_at(self.dense[i], x, y) for i in frames])
+        # every frame's tile residuals, with their extrapolated rings, as channels of one grid,
+        # sampled where upsample_flow samples them
+        grids = np.stack([extend_tile_grid(self._residual(i)) for i in frames], axis=2)  # (gh, gw, F, 2)
+        gh, gw = grids.shape[:2]
+        u, v = (x + 0.5) / self.tile + 0.5, (y + 0.5) / self.tile + 0.5
+        out = np.moveaxis(bilinear_at(grids.reshape(gh, gw, -1), u, v).reshape(x.shape + (len(frames), 2)), -2, 0)
+        if self.affine is not None:
+            out += affine_at_stack(self.affine[frames], np.stack([x, y], axis=-1))
+        return np.ascontiguousarray(out, np.float32)
 
     def _residual(self, i: int) -> np.ndarray:
         """(ny, nx, 2) frame i's tile flows less its affine model at the tile centres."""
         if self.affine is None:
             return self.tile_flow[i]
         return self.tile_flow[i] - affine_at(self.affine[i], tile_centres(*self.tile_flow.shape[1:3], self.tile))
-
-
-# what tile_flow_maps takes for the form it is not asked for
-_NO_POINTS = np.empty((0, 0, 2), np.float32)
-_NO_XY = np.empty((0, 0, 2), np.int16)
-_NO_FRAC = np.empty((0, 0), np.uint16)
 
 
 # -- small pure helpers -----------------------------------------------------------------------------
@@ -214,6 +179,20 @@ def upsample_flow(tile_flow: np.ndarray, tile: int, h: int, w: int) -> np.ndarra
     ny, nx = tile_flow.shape[:2]
     big = cv2.resize(extend_tile_grid(tile_flow), ((nx + 2) * tile, (ny + 2) * tile), interpolation=cv2.INTER_LINEAR)
     return np.ascontiguousarray(big[tile : tile + h, tile : tile + w])
+
+
+def bilinear_at(field: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """(H, W, C) field sampled at column u and row v (arrays of one shape, inside the field),
+    bilinear -> (*u.shape, C) float32."""
+    hh, ww = field.shape[:2]
+    u0 = np.clip(np.floor(u).astype(np.int64), 0, max(ww - 2, 0))
+    v0 = np.clip(np.floor(v).astype(np.int64), 0, max(hh - 2, 0))
+    u1, v1 = np.minimum(u0 + 1, ww - 1), np.minimum(v0 + 1, hh - 1)
+    fu = (u - u0).astype(np.float32)[..., None]
+    fv = (v - v0).astype(np.float32)[..., None]
+    top = field[v0, u0] + fu * (field[v0, u1] - field[v0, u0])
+    bottom = field[v1, u0] + fu * (field[v1, u1] - field[v1, u0])
+    return (top + fv * (bottom - top)).astype(np.float32)
 
 
 def tile_means(img: np.ndarray, tile: int) -> np.ndarray:
