@@ -79,16 +79,18 @@ def _interp_weights(frac: float, cubic: bool, out: np.ndarray) -> None:
 
 
 @njit(inline="always", fastmath=True)
-def _shifted_tile(frames: np.ndarray, flat: np.ndarray, f: int, t: int, top: int, left: int, fx: float, fy: float,
-                  cubic: bool, wx: np.ndarray, wy: np.ndarray, tmp: np.ndarray, out: np.ndarray, ob: int) -> None:
-    """out[ob + (y t + x) 4 + p] = plane p of frame f of frames (F, h, w, 4) at (left + x + fx,
-    top + y + fy), for the t x t tile, bicubic (or linear), borders reflected (REFLECT_101).
-    flat: frames.ravel(); tmp: (t + 3) t 4 float32 scratch; wx, wy: 4 float32 scratch.
+def _tile_rows(frames: np.ndarray, flat: np.ndarray, f: int, t: int, top: int, left: int, fx: float, fy: float,
+               cubic: bool, wx: np.ndarray, wy: np.ndarray, tmp: np.ndarray) -> None:
+    """The first half of sampling a t x t tile of frame f of frames (F, h, w, 4) at (left + x + fx,
+    top + y + fy), bicubic (or linear), borders reflected (REFLECT_101): the t + 3 source rows the
+    tile needs, filtered along x into tmp[(r t + x) 4 + p] (r = 0 .. t + 2), and the weights along
+    y into wy[0..3] (the columns' pass: _shifted_tile, _tile_into_lanes). flat: frames.ravel();
+    tmp: (t + 3) t 4 float32; wx, wy: 4 float32 scratch.
 
-    Rows first, then columns, four planes at once: each pass is a 4-tap filter along contiguous
-    memory that LLVM vectorises. Two things keep it so: indices are unsigned (a signed index
-    gets numba's negative-index wraparound, a compare and a select per load), and t is a runtime
-    value (with a literal 16 LLVM unrolls the row loop completely and then leaves it scalar)."""
+    Both passes filter along contiguous memory, four planes at once, and LLVM vectorises them as
+    long as two things hold: indices are unsigned (a signed index gets numba's negative-index
+    wraparound, a compare and a select per load), and t is a runtime value (with a literal 16 LLVM
+    unrolls the row loop completely and then leaves it scalar)."""
     h, w = frames.shape[1], frames.shape[2]
     ox = np.floor(fx)
     oy = np.floor(fy)
@@ -116,11 +118,20 @@ def _shifted_tile(frames: np.ndarray, flat: np.ndarray, f: int, t: int, top: int
                 for p in range(_P):
                     tmp[o + np.uint64(x * _P + p)] = (w0 * frames[f, row, c0, p] + w1 * frames[f, row, c1, p]
                                                       + w2 * frames[f, row, c2, p] + w3 * frames[f, row, c3, p])
+
+
+@njit(inline="always", fastmath=True)
+def _shifted_tile(frames: np.ndarray, flat: np.ndarray, f: int, t: int, top: int, left: int, fx: float, fy: float,
+                  cubic: bool, wx: np.ndarray, wy: np.ndarray, tmp: np.ndarray, out: np.ndarray) -> None:
+    """out[(y t + x) 4 + p] = plane p of frame f of frames (F, h, w, 4) at (left + x + fx,
+    top + y + fy), for the t x t tile (_tile_rows, then the columns)."""
+    _tile_rows(frames, flat, f, t, top, left, fx, fy, cubic, wx, wy, tmp)
     v0, v1, v2, v3 = wy[0], wy[1], wy[2], wy[3]
-    obu, row1, row2, row3 = np.uint64(ob), np.uint64(m_n), np.uint64(2 * m_n), np.uint64(3 * m_n)
+    m_n = _P * t
+    row1, row2, row3 = np.uint64(m_n), np.uint64(2 * m_n), np.uint64(3 * m_n)
     for q in range(t * m_n):
         qu = np.uint64(q)
-        out[obu + qu] = v0 * tmp[qu] + v1 * tmp[qu + row1] + v2 * tmp[qu + row2] + v3 * tmp[qu + row3]
+        out[qu] = v0 * tmp[qu] + v1 * tmp[qu + row1] + v2 * tmp[qu + row2] + v3 * tmp[qu + row3]
 
 
 @njit(cache=True, parallel=True)
@@ -165,7 +176,7 @@ def shifted_differences(ref: np.ndarray, frames: np.ndarray, shifts: np.ndarray,
         wy = np.empty(4, np.float32)
         for i in range(nx):
             _shifted_tile(frames, flat, f, t, s * (j - 1), s * (i - 1), shifts[f, j, i, 0], shifts[f, j, i, 1], cubic,
-                          wx, wy, tmp, patch, 0)
+                          wx, wy, tmp, patch)
             for y in range(t):
                 for x in range(t):
                     w = window[y, x]
@@ -306,6 +317,35 @@ def _fft_tile16(buf: np.ndarray, forward: bool) -> None:
                 fft16_cols(buf, x, sign)
 
 
+@njit(inline="always", fastmath=True)
+def _tile_into_lanes(frames: np.ndarray, flat: np.ndarray, f: int, top: int, left: int, fx: float, fy: float,
+                     cubic: bool, wx: np.ndarray, wy: np.ndarray, tmp: np.ndarray, t: int, refpix: np.ndarray,
+                     window: np.ndarray, saturation: float, half: int, buf: np.ndarray) -> None:
+    """Frame f's 16x16 tile at (left + x + fx, top + y + fy), four planes (_tile_rows, then the
+    columns), windowed into lanes 4 half + p of the forward transform's buffer (fft16.py's layout,
+    rows 8..15 as the imaginary part of rows 0..7); a sample that clips where the reference's
+    (refpix, in the same lanes) does not is replaced by the reference's."""
+    _tile_rows(frames, flat, f, t, top, left, fx, fy, cubic, wx, wy, tmp)
+    v0, v1, v2, v3 = wy[0], wy[1], wy[2], wy[3]
+    m_n = _P * t
+    row1, row2, row3 = np.uint64(m_n), np.uint64(2 * m_n), np.uint64(3 * m_n)
+    lanes = np.uint64(_P * half)
+    for y in range(_T):
+        part = 0 if y < _S else _LANES
+        for x in range(t):
+            w = window[y, x]
+            o = np.uint64(2 * ((y % _S) * _T + x) * _LANES + part) + lanes
+            q = np.uint64((y * t + x) * _P)
+            rq = np.uint64((y * _T + x) * _LANES) + lanes
+            for p in range(_P):
+                qu = q + np.uint64(p)
+                a = v0 * tmp[qu] + v1 * tmp[qu + row1] + v2 * tmp[qu + row2] + v3 * tmp[qu + row3]
+                r = refpix[rq + np.uint64(p)]
+                if a >= saturation and r < saturation:
+                    a = r  # a clipped sample says nothing: the reference speaks
+                buf[o + np.uint64(p)] = w * a
+
+
 @njit(cache=True, fastmath=True, parallel=True)
 def wiener_merge16(ref: np.ndarray, frames: np.ndarray, shifts: np.ndarray, cubic: bool, window: np.ndarray,
                    saturation: float, c: np.ndarray, conf: np.ndarray, inv_n: float, c2: np.ndarray, spatial: bool,
@@ -320,107 +360,98 @@ def wiener_merge16(ref: np.ndarray, frames: np.ndarray, shifts: np.ndarray, cubi
     per plane and tile; conf: (F, ny, nx) alignment confidence; inv_n: 1 / (F + 1).
     out: (4, H, W) float32, zero on entry, receives the merged planes
         sum over tiles of window-overlap-added IDFT(M),  M = R - inv_n sum_z conf_z c / (|D_z|^2 + c) D_z
-    with R = DFT(window * ref), D_z = DFT(window * (ref - frame_z)) (a frame's clipped samples
-    replaced by the reference's), M shrunk by |M|^2 / (|M|^2 + c2) if `spatial`.
+    with R = DFT(window * ref), D_z = DFT(window * (ref - frame_z)) = R - DFT(window * frame_z)
+    (a frame's clipped samples replaced by the reference's), M shrunk by |M|^2 / (|M|^2 + c2) if
+    `spatial`.
 
-    Per tile, seven frames' four planes are sampled at the tile's flow (_shifted_tile); then per
-    plane the reference and the seven are transformed at once (one per lane), so D_z = lane 0 -
-    lane z; unused lanes hold the reference, whose D is 0. M accumulates in the inverse's buffer,
-    which takes two tiles' four planes at once. Tile rows of one parity run in parallel, so no two
-    threads add to the same pixel.
+    Two neighbouring tiles at a time, their four planes in the 8 lanes of the generated FFT
+    codelets: the reference's tiles once, then each frame's, sampled at each tile's flow
+    (_tile_into_lanes). So every step between the transforms is 8 lanes wide and vectorises, the
+    Wiener gains' divisions included, and M accumulates in the layout the inverse transform
+    takes. Tile rows of one parity run in parallel, so no two threads add to the same pixel.
     """
     f_n = frames.shape[0]
-    p_n, ny, nx = c.shape
-    groups = (f_n + _LANES - 2) // (_LANES - 1)
+    _, ny, nx = c.shape
     scale = np.float32(1.0 / (_T * _T))
-    t = window.shape[0]  # 16, as a runtime value for _shifted_tile
+    t = window.shape[0]  # 16, as a runtime value for _tile_rows
     flat = frames.reshape(frames.size)
-    lane_size = _T * _T * _P
+    size = _T * _T * 2 * _LANES
+    lanes = c.shape[0] * 2  # 8, as a runtime value: LLVM vectorises a lane loop it has not unrolled
     for parity in range(2):
         rows = (ny - parity + 1) // 2
         for job in prange(rows):
             j = 2 * job + parity
-            buf = np.empty(_T * _T * 2 * _LANES, np.float32)  # forward: reference + 7 frames
-            inv = np.zeros(_T * _T * 2 * _LANES, np.float32)  # inverse: 2 tiles x 4 planes
-            cf = np.zeros(_LANES, np.float32)
-            patch = np.empty(_LANES * lane_size, np.float32)  # lanes 1..7: a frame's four planes
+            buf = np.empty(size, np.float32)  # the transform in hand
+            spec = np.empty(size, np.float32)  # the reference tiles' spectra R
+            inv = np.empty(size, np.float32)  # M, then the merged tiles
+            refpix = np.empty(_T * _T * _LANES, np.float32)  # the reference tiles' samples
+            cl = np.empty(_LANES, np.float32)  # c, conf * c and c2 per lane
+            cfl = np.empty(_LANES, np.float32)
+            c2l = np.empty(_LANES, np.float32)
             tmp = np.empty((_T + 3) * _T * _P, np.float32)
             wx = np.empty(4, np.float32)
             wy = np.empty(4, np.float32)
             for i0 in range(0, nx, 2):
+                pair = 2 if i0 + 1 < nx else 1  # an odd last column: lanes 4..7 stay zero, their gains 0
                 for half in range(2):
-                    i = i0 + half
-                    if i >= nx:  # no right-hand tile: its lanes stay zero
-                        for q in range(_T * _T * 2):
-                            for p in range(4):
-                                inv[q * _LANES + 4 * half + p] = 0.0
-                        continue
-                    for g in range(groups):
-                        for lane in range(1, _LANES):
-                            f = g * (_LANES - 1) + lane - 1
-                            if f < f_n:
-                                _shifted_tile(frames, flat, f, t, _S * (j - 1), _S * (i - 1), shifts[f, j, i, 0],
-                                              shifts[f, j, i, 1], cubic, wx, wy, tmp, patch, lane * lane_size)
-                        for p in range(p_n):
-                            cp = c[p, j, i]
-                            for lane in range(1, _LANES):
-                                f = g * (_LANES - 1) + lane - 1
-                                cf[lane] = conf[f, j, i] * cp if f < f_n else 0.0
-                            for y in range(_T):
-                                part = 0 if y < _S else _LANES  # rows 8..15 go in as the imaginary part of rows 0..7
-                                for x in range(_T):
-                                    w = window[y, x]
-                                    r = ref[p, _S * j + y, _S * i + x]
-                                    o = 2 * ((y % _S) * _T + x) * _LANES + part
-                                    q = (y * _T + x) * _P + p
-                                    buf[o] = w * r
-                                    for lane in range(1, _LANES):
-                                        f = g * (_LANES - 1) + lane - 1
-                                        a = r
-                                        if f < f_n:
-                                            a = patch[lane * lane_size + q]
-                                            if a >= saturation and r < saturation:
-                                                a = r  # a clipped sample says nothing: the reference speaks
-                                        buf[o + lane] = w * a
-                            _fft_tile16(buf, True)
-                            for u in range(_T):
-                                for v in range(_K):
-                                    o = 2 * (u * _T + v) * _LANES
-                                    rr, ri = buf[o], buf[o + _LANES]
-                                    acc_r = np.float32(0.0)
-                                    acc_i = np.float32(0.0)
-                                    for lane in range(_LANES):
-                                        dr = rr - buf[o + lane]
-                                        di = ri - buf[o + _LANES + lane]
-                                        gain = cf[lane] / (dr * dr + di * di + cp)
-                                        acc_r += gain * dr
-                                        acc_i += gain * di
-                                    k = o + 4 * half + p
-                                    if g == 0:  # M = R - inv_n sum, a group of seven frames at a time
-                                        inv[k] = rr - inv_n * acc_r
-                                        inv[k + _LANES] = ri - inv_n * acc_i
-                                    else:
-                                        inv[k] -= inv_n * acc_r
-                                        inv[k + _LANES] -= inv_n * acc_i
-                    if spatial:
-                        for p in range(p_n):
-                            c2p = c2[p, j, i]
-                            for u in range(_T):
-                                for v in range(_K):
-                                    k = 2 * (u * _T + v) * _LANES + 4 * half + p
-                                    mr, mi = inv[k], inv[k + _LANES]
-                                    pw = mr * mr + mi * mi
-                                    shrink = pw / (pw + c2p)
-                                    inv[k] = mr * shrink
-                                    inv[k + _LANES] = mi * shrink
+                    i = min(i0 + half, nx - 1)
+                    for p in range(_P):
+                        cl[_P * half + p] = c[p, j, i]
+                        c2l[_P * half + p] = c2[p, j, i]
+                    for y in range(_T):
+                        part = 0 if y < _S else _LANES
+                        for x in range(_T):
+                            o = 2 * ((y % _S) * _T + x) * _LANES + part + _P * half
+                            for p in range(_P):
+                                r = ref[p, _S * j + y, _S * i + x] if half < pair else np.float32(0.0)
+                                refpix[(y * _T + x) * _LANES + _P * half + p] = r
+                                buf[o + p] = window[y, x] * r
+                _fft_tile16(buf, True)
+                for u in range(_T):
+                    for v in range(_K):
+                        o = np.uint64(2 * (u * _T + v) * _LANES)
+                        for k in range(2 * _LANES):
+                            spec[o + np.uint64(k)] = buf[o + np.uint64(k)]
+                            inv[o + np.uint64(k)] = buf[o + np.uint64(k)]
+                for f in range(f_n):
+                    for half in range(pair):
+                        i = i0 + half
+                        for p in range(_P):
+                            cfl[_P * half + p] = inv_n * conf[f, j, i] * c[p, j, i]
+                        _tile_into_lanes(frames, flat, f, _S * (j - 1), _S * (i - 1), shifts[f, j, i, 0],
+                                         shifts[f, j, i, 1], cubic, wx, wy, tmp, t, refpix, window, saturation, half, buf)
+                    if pair == 1:
+                        for p in range(_P):
+                            cfl[_P + p] = 0.0
+                    _fft_tile16(buf, True)
+                    for u in range(_T):
+                        for v in range(_K):
+                            o = np.uint64(2 * (u * _T + v) * _LANES)  # unsigned: no wraparound test per lane
+                            for lane in range(lanes):
+                                lr, li = o + np.uint64(lane), o + np.uint64(_LANES + lane)
+                                dr = spec[lr] - buf[lr]
+                                di = spec[li] - buf[li]
+                                gain = cfl[lane] / (dr * dr + di * di + cl[lane])
+                                inv[lr] -= gain * dr
+                                inv[li] -= gain * di
+                if spatial:
+                    for u in range(_T):
+                        for v in range(_K):
+                            o = np.uint64(2 * (u * _T + v) * _LANES)
+                            for lane in range(lanes):
+                                lr, li = o + np.uint64(lane), o + np.uint64(_LANES + lane)
+                                mr, mi = inv[lr], inv[li]
+                                pw = mr * mr + mi * mi
+                                shrink = pw / (pw + c2l[lane])
+                                inv[lr] = mr * shrink
+                                inv[li] = mi * shrink
                 _fft_tile16(inv, False)
-                for half in range(2):
+                for half in range(pair):
                     i = i0 + half
-                    if i < nx:
-                        for p in range(p_n):
-                            for y in range(_T):
-                                for x in range(_T):
-                                    out[p, _S * j + y, _S * i + x] += scale * inv[2 * (y * _T + x) * _LANES + 4 * half + p]
+                    for p in range(_P):
+                        for y in range(_T):
+                            for x in range(_T):
+                                out[p, _S * j + y, _S * i + x] += scale * inv[2 * (y * _T + x) * _LANES + _P * half + p]
 
 
 # -- alignment ---------------------------------------------------------------------------------------
