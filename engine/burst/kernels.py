@@ -84,7 +84,7 @@ def _tile_rows(frames: np.ndarray, flat: np.ndarray, f: int, t: int, top: int, l
     """The first half of sampling a t x t tile of frame f of frames (F, h, w, 4) at (left + x + fx,
     top + y + fy), bicubic (or linear), borders reflected (REFLECT_101): the t + 3 source rows the
     tile needs, filtered along x into tmp[(r t + x) 4 + p] (r = 0 .. t + 2), and the weights along
-    y into wy[0..3] (the columns' pass: _shifted_tile, _tile_into_lanes). flat: frames.ravel();
+    y into wy[0..3] (the columns' pass: _shifted_tile). flat: frames.ravel();
     tmp: (t + 3) t 4 float32; wx, wy: 4 float32 scratch.
 
     Both passes filter along contiguous memory, four planes at once, and LLVM vectorises them as
@@ -318,32 +318,33 @@ def _fft_tile16(buf: np.ndarray, forward: bool) -> None:
 
 
 @njit(inline="always", fastmath=True)
-def _tile_into_lanes(frames: np.ndarray, flat: np.ndarray, f: int, top: int, left: int, fx: float, fy: float,
-                     cubic: bool, wx: np.ndarray, wy: np.ndarray, tmp: np.ndarray, t: int, refpix: np.ndarray,
-                     window: np.ndarray, saturation: float, half: int, buf: np.ndarray) -> None:
-    """Frame f's 16x16 tile at (left + x + fx, top + y + fy), four planes (_tile_rows, then the
-    columns), windowed into lanes 4 half + p of the forward transform's buffer (fft16.py's layout,
-    rows 8..15 as the imaginary part of rows 0..7); a sample that clips where the reference's
-    (refpix, in the same lanes) does not is replaced by the reference's."""
-    _tile_rows(frames, flat, f, t, top, left, fx, fy, cubic, wx, wy, tmp)
-    v0, v1, v2, v3 = wy[0], wy[1], wy[2], wy[3]
-    m_n = _P * t
-    row1, row2, row3 = np.uint64(m_n), np.uint64(2 * m_n), np.uint64(3 * m_n)
+def _tile_into_lanes(patch: np.ndarray, refpix: np.ndarray, window: np.ndarray, saturation: float, half: int,
+                     buf: np.ndarray) -> None:
+    """A frame's 16x16 tile of four planes, patch[(y 16 + x) 4 + p] (_shifted_tile), windowed into
+    lanes 4 half + p of the forward transform's buffer (fft16.py's layout, rows 8..15 as the
+    imaginary part of rows 0..7); a sample that clips where the reference's (refpix, in the same
+    lanes) does not is replaced by the reference's. The four planes are spelled out, loads before
+    stores, so LLVM moves each four as one vector."""
     lanes = np.uint64(_P * half)
+    one, two, three = np.uint64(1), np.uint64(2), np.uint64(3)
     for y in range(_T):
         part = 0 if y < _S else _LANES
-        for x in range(t):
+        for x in range(_T):
             w = window[y, x]
             o = np.uint64(2 * ((y % _S) * _T + x) * _LANES + part) + lanes
-            q = np.uint64((y * t + x) * _P)
+            q = np.uint64((y * _T + x) * _P)
             rq = np.uint64((y * _T + x) * _LANES) + lanes
-            for p in range(_P):
-                qu = q + np.uint64(p)
-                a = v0 * tmp[qu] + v1 * tmp[qu + row1] + v2 * tmp[qu + row2] + v3 * tmp[qu + row3]
-                r = refpix[rq + np.uint64(p)]
-                if a >= saturation and r < saturation:
-                    a = r  # a clipped sample says nothing: the reference speaks
-                buf[o + np.uint64(p)] = w * a
+            a0, a1, a2, a3 = patch[q], patch[q + one], patch[q + two], patch[q + three]
+            r0, r1, r2, r3 = refpix[rq], refpix[rq + one], refpix[rq + two], refpix[rq + three]
+            # a clipped sample says nothing: the reference speaks
+            a0 = r0 if a0 >= saturation and r0 < saturation else a0
+            a1 = r1 if a1 >= saturation and r1 < saturation else a1
+            a2 = r2 if a2 >= saturation and r2 < saturation else a2
+            a3 = r3 if a3 >= saturation and r3 < saturation else a3
+            buf[o] = w * a0
+            buf[o + one] = w * a1
+            buf[o + two] = w * a2
+            buf[o + three] = w * a3
 
 
 @njit(cache=True, fastmath=True, parallel=True)
@@ -366,9 +367,10 @@ def wiener_merge16(ref: np.ndarray, frames: np.ndarray, shifts: np.ndarray, cubi
 
     Two neighbouring tiles at a time, their four planes in the 8 lanes of the generated FFT
     codelets: the reference's tiles once, then each frame's, sampled at each tile's flow
-    (_tile_into_lanes). So every step between the transforms is 8 lanes wide and vectorises, the
-    Wiener gains' divisions included, and M accumulates in the layout the inverse transform
-    takes. Tile rows of one parity run in parallel, so no two threads add to the same pixel.
+    (_shifted_tile, _tile_into_lanes). So every step between the transforms is 8 lanes wide and
+    vectorises, the Wiener gains' divisions included, and M accumulates in the layout the inverse
+    transform takes. Tile rows of one parity run in parallel, so no two threads add to the same
+    pixel.
     """
     f_n = frames.shape[0]
     _, ny, nx = c.shape
@@ -389,6 +391,7 @@ def wiener_merge16(ref: np.ndarray, frames: np.ndarray, shifts: np.ndarray, cubi
             cfl = np.empty(_LANES, np.float32)
             c2l = np.empty(_LANES, np.float32)
             tmp = np.empty((_T + 3) * _T * _P, np.float32)
+            patch = np.empty(_T * _T * _P, np.float32)  # a frame's tile
             wx = np.empty(4, np.float32)
             wy = np.empty(4, np.float32)
             for i0 in range(0, nx, 2):
@@ -418,8 +421,9 @@ def wiener_merge16(ref: np.ndarray, frames: np.ndarray, shifts: np.ndarray, cubi
                         i = i0 + half
                         for p in range(_P):
                             cfl[_P * half + p] = inv_n * conf[f, j, i] * c[p, j, i]
-                        _tile_into_lanes(frames, flat, f, _S * (j - 1), _S * (i - 1), shifts[f, j, i, 0],
-                                         shifts[f, j, i, 1], cubic, wx, wy, tmp, t, refpix, window, saturation, half, buf)
+                        _shifted_tile(frames, flat, f, t, _S * (j - 1), _S * (i - 1), shifts[f, j, i, 0],
+                                      shifts[f, j, i, 1], cubic, wx, wy, tmp, patch)
+                        _tile_into_lanes(patch, refpix, window, saturation, half, buf)
                     if pair == 1:
                         for p in range(_P):
                             cfl[_P + p] = 0.0
