@@ -121,12 +121,15 @@ class Alignment:
         y = np.clip(points[..., 1], 0, h - 1).astype(np.float32)
         if self.dense is not None:
             return np.stack([bilinear_at(self.dense[i], x, y) for i in frames])
-        # every frame's tile residuals, with their extrapolated rings, as channels of one grid,
-        # sampled where upsample_flow samples them
-        grids = np.stack([extend_tile_grid(self._residual(i)) for i in frames], axis=2)  # (gh, gw, F, 2)
-        gh, gw = grids.shape[:2]
+        # every frame's tile residuals as channels of one grid with its extrapolated ring, sampled
+        # where upsample_flow samples them
+        resid = self.tile_flow[frames]  # (F, ny, nx, 2)
+        f, ny, nx = resid.shape[:3]
+        if self.affine is not None:
+            resid = resid - affine_at_stack(self.affine[frames], tile_centres(ny, nx, self.tile))
+        grid = extend_tile_grid(np.moveaxis(resid, 0, 2).reshape(ny, nx, 2 * f))
         u, v = (x + 0.5) / self.tile + 0.5, (y + 0.5) / self.tile + 0.5
-        out = np.moveaxis(bilinear_at(grids.reshape(gh, gw, -1), u, v).reshape(x.shape + (len(frames), 2)), -2, 0)
+        out = np.moveaxis(bilinear_at(grid, u, v).reshape(x.shape + (f, 2)), -2, 0)
         if self.affine is not None:
             out += affine_at_stack(self.affine[frames], np.stack([x, y], axis=-1))
         return np.ascontiguousarray(out, np.float32)
@@ -164,7 +167,7 @@ def affine_dense(a: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def extend_tile_grid(tile_flow: np.ndarray) -> np.ndarray:
-    """(ny, nx, 2) values at tile centres -> (ny + 2, nx + 2, 2) with a ring extrapolated linearly
+    """(ny, nx, C) values at tile centres -> (ny + 2, nx + 2, C) with a ring extrapolated linearly
     (replicated along an axis of one tile), so interpolation reaches the image edges."""
     ny, nx = tile_flow.shape[:2]
     f = np.ascontiguousarray(tile_flow, np.float32)
