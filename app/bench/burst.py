@@ -437,16 +437,19 @@ def report_sections(quality, ghosts, speed_640, peak_640, big, live, gains, args
                  f"{profile['merge_ms']:.0f} ms each under the profiler; own time of the functions doing each part):\n\n"
                  + markdown_table(["part of the Wiener merge", "ms per merge", "share"], rows))
     body += ("\n\nWith 16x16 tiles the merge is one numba kernel from the frames to the overlap-added "
-             "result (engine/burst/kernels.py: wiener_merge16): per tile it samples seven frames' four planes at the "
-             "tile's flow (a translation: two 4-tap bicubic passes, as HDR+ takes each tile at its own offset), then "
-             "per plane windows the reference and the seven into the 8 lanes of generated straight-line FFT codelets "
-             "(engine/burst/fft_codelets.py), which LLVM turns into 8-wide AVX butterflies, applies the Wiener gains, "
-             "and transforms two tiles' four planes back at once. It replaced OpenCV remaps of every frame by its "
-             "per-pixel flow (16 ms of a 43 ms merge, with their maps): the merged PSNR moved by 0.002 dB or less "
-             "(24 Kodak bursts, gains 1-8). Before the fused kernel, scipy's FFTs and numba loops passed about 160 MB of tile and spectrum "
-             "arrays between them per burst, and memory is slow here (copying a 36 MB array took 8.7 ms): that "
-             "merge took 76-80 ms on the bursts where this one takes 55-59 ms (measured while building it; the "
-             "burst path's allocator setting, engine/allocator.py, had already taken it from 97-105 ms). ")
+             "result (engine/burst/kernels.py: wiener_merge16). It takes two neighbouring tiles at a time, their "
+             "four planes in the 8 lanes of generated straight-line FFT codelets (engine/burst/fft_codelets.py), "
+             "which LLVM turns into 8-wide AVX butterflies: the reference's tiles once, then each frame's, sampled "
+             "at each tile's flow (a translation: two 4-tap bicubic passes, as HDR+ takes each tile at its own "
+             "offset); the Wiener gains, the spatial step and the inverse are 8 lanes wide too. It replaced OpenCV "
+             "remaps of every frame by its per-pixel flow (16 ms of a 43 ms merge, with their maps) and a kernel "
+             "whose lanes were one plane's reference and seven frames, where the gains' division stayed scalar: "
+             "merge 41-45 -> 29-30 ms in alternating runs, the merged PSNR moved by 0.002 dB or less "
+             "(24 Kodak bursts, gains 1-8). Before any fused kernel, scipy's FFTs and numba loops passed about "
+             "160 MB of tile and spectrum arrays between them per burst, and memory is slow here (copying a 36 MB "
+             "array took 8.7 ms): that merge took 76-80 ms on the bursts where the first fused kernel took 55-59 ms "
+             "(measured while building it; the burst path's allocator setting, engine/allocator.py, had already "
+             "taken it from 97-105 ms). ")
     if profile:
         floor = profile["parts_ms"][MERGE_PARTS[0][0]]
         body += f"The kernel alone takes {floor:.0f} ms above. "
