@@ -47,7 +47,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "default"
 # Workqueue aborts the process if two threads launch parallel kernels at once, and two kernels at
 # once would only oversubscribe two cores: callers hold LOCK around their parallel kernel calls
-# (serial ones need not). Re-entrant: the merge holds it over a strip while its warps take it too.
+# (serial ones need not). Re-entrant, so a caller may hold it over several calls that take it too.
 LOCK = threading.RLock()
 
 

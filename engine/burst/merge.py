@@ -55,7 +55,8 @@ class MergeConfig:
     tile: Wiener tile side in plane pixels (even; stride tile/2).
     strength: the Wiener constant c: higher averages more and rejects less.
     spatial: strength of the spatial Wiener step after the temporal merge (0: off).
-    interpolation: how frames are warped onto the reference, "cubic" or "linear".
+    interpolation: how frames are sampled onto the reference, "cubic" or "linear" (the Wiener
+        merge takes each tile at its flow, the others warp every pixel).
     robust_k: the robust merge rejects a frame where its 3x3-mean difference exceeds
         robust_k noise sigmas.
     strip_mb: working memory of one strip of whole tile rows on the general path (tiles other
