@@ -139,6 +139,25 @@ def test_fused_merge_kernel_equals_the_general_path(frames, nx, spatial):
     assert np.abs(out - want).max() < 2e-5
 
 
+def test_a_nan_or_absurd_flow_samples_the_tile_unshifted_instead_of_reading_outside_the_frame():
+    rng = np.random.default_rng(9)
+    ref = rng.random((4, 48, 64), dtype=np.float32)
+    frames = np.ascontiguousarray(ref[None, :, 8:-8, 8:-8].transpose(0, 2, 3, 1).repeat(2, axis=0))
+    c = np.full((4, 5, 7), 0.1, np.float32)
+    conf = np.ones((2, 5, 7), np.float32)
+    shifts = rng.uniform(-1, 1, (2, 5, 7, 2)).astype(np.float32)
+    bad = shifts.copy()
+    bad[0, 1, 2] = (np.nan, 0.5)
+    bad[1, 3, 4] = (0.25, -np.inf)
+    bad[1, 2, 2] = (1e30, 3.0)
+    sane = shifts.copy()
+    sane[0, 1, 2] = sane[1, 3, 4] = sane[1, 2, 2] = 0.0
+    out, want = np.zeros_like(ref), np.zeros_like(ref)
+    kernels.wiener_merge16(ref, frames, bad, True, raised_cosine(16), 2.0, c, conf, 1 / 3, c, True, out)
+    kernels.wiener_merge16(ref, frames, sane, True, raised_cosine(16), 2.0, c, conf, 1 / 3, c, True, want)
+    assert np.isfinite(out).all() and np.array_equal(out, want)
+
+
 def test_fft_codelets_are_generated_from_the_current_generator_and_transform_correctly():
     from engine.burst import fft_codelets
     from engine.burst.fft16 import fft16_cols, fft16_rows
