@@ -107,9 +107,8 @@ class Alignment:
         if self.dense is not None:
             return self.dense[i]
         h, w = self.shape
-        if self.affine is None:
-            return upsample_flow(self.tile_flow[i], self.tile, h, w)
-        return affine_dense(self.affine[i], h, w) + upsample_flow(self._residual(i), self.tile, h, w)
+        resid = upsample_flow(self._residuals([i])[0], self.tile, h, w)
+        return resid if self.affine is None else affine_dense(self.affine[i], h, w) + resid
 
     def flows_at(self, frames: list[int], points: np.ndarray) -> np.ndarray:
         """(F, ..., 2) float32 flow (dx, dy) of each of `frames` at (..., 2) points (x, y) in plane
@@ -123,10 +122,8 @@ class Alignment:
             return np.stack([bilinear_at(self.dense[i], x, y) for i in frames])
         # every frame's tile residuals as channels of one grid with its extrapolated ring, sampled
         # where upsample_flow samples them
-        resid = self.tile_flow[frames]  # (F, ny, nx, 2)
+        resid = self._residuals(frames)
         f, ny, nx = resid.shape[:3]
-        if self.affine is not None:
-            resid = resid - affine_at_stack(self.affine[frames], tile_centres(ny, nx, self.tile))
         grid = extend_tile_grid(np.moveaxis(resid, 0, 2).reshape(ny, nx, 2 * f))
         u, v = (x + 0.5) / self.tile + 0.5, (y + 0.5) / self.tile + 0.5
         out = np.moveaxis(bilinear_at(grid, u, v).reshape(x.shape + (f, 2)), -2, 0)
@@ -134,11 +131,12 @@ class Alignment:
             out += affine_at_stack(self.affine[frames], np.stack([x, y], axis=-1))
         return np.ascontiguousarray(out, np.float32)
 
-    def _residual(self, i: int) -> np.ndarray:
-        """(ny, nx, 2) frame i's tile flows less its affine model at the tile centres."""
+    def _residuals(self, frames: list[int]) -> np.ndarray:
+        """(F, ny, nx, 2) the frames' tile flows less their affine models at the tile centres."""
+        resid = self.tile_flow[frames]
         if self.affine is None:
-            return self.tile_flow[i]
-        return self.tile_flow[i] - affine_at(self.affine[i], tile_centres(*self.tile_flow.shape[1:3], self.tile))
+            return resid
+        return resid - affine_at_stack(self.affine[frames], tile_centres(*resid.shape[1:3], self.tile))
 
 
 # -- small pure helpers -----------------------------------------------------------------------------

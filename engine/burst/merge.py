@@ -17,9 +17,9 @@
     optional spatial step: the merged spectrum shrunk once more against its reduced noise.
 
 With 16x16 tiles (the default) one compiled kernel does all of that per tile, from the frames to
-the overlap-added result (kernels.wiener_merge16, with generated 8-lane FFT codelets: the
-reference and seven frames are transformed at once), so no warped frame, tile or spectrum array
-ever goes through memory. Other tile sizes take the general path: batched real FFTs (scipy.fft,
+the overlap-added result (kernels.wiener_merge16, with generated 8-lane FFT codelets: two
+neighbouring tiles' four planes are transformed at once), so no warped frame, tile or spectrum
+array ever goes through memory. Other tile sizes take the general path: batched real FFTs (scipy.fft,
 float32, on every core) with the arithmetic between them (sampling, difference, clip mask, window,
 gains, sum over frames, overlap-add) as compiled loops, strip by strip; it is also the reference
 the fused kernel is tested against.
@@ -151,8 +151,8 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
     for p, padded in zip(ref_planes, r_pad):
         cv2.copyMakeBorder(p, s, s + eh, s, s + ew, cv2.BORDER_REFLECT101, dst=padded)
     ny, nx = hp // s - 1, wp // s - 1
-    conf = _confidence_on_tiles(alignment, others, ny, nx, s)  # (F, ny, nx)
     centres = _tile_centres(ny, nx, s)
+    conf = _confidence_on_tiles(alignment, others, centres)  # (F, ny, nx)
     shifts = alignment.flows_at(others, centres)  # (F, ny, nx, 2): each tile's flow
     level = _tile_means(r_pad, t)  # (4, ny, nx) reference level per tile
     var_d = 2.0 * noise.variance(level)  # noise of a frame difference, per plane and tile
@@ -224,10 +224,10 @@ def _tile_centres(ny: int, nx: int, s: int) -> np.ndarray:
     return np.stack([cx, cy], axis=-1)
 
 
-def _confidence_on_tiles(alignment: Alignment, others: list[int], ny: int, nx: int, s: int) -> np.ndarray:
-    """The alignment's tile confidence resampled (bilinear) at the merge tiles' centres."""
+def _confidence_on_tiles(alignment: Alignment, others: list[int], centres: np.ndarray) -> np.ndarray:
+    """The alignment's tile confidence resampled (bilinear) at the merge tiles' (ny, nx, 2) centres
+    (_tile_centres) -> (F, ny, nx)."""
     at = alignment.tile
-    centres = _tile_centres(ny, nx, s)
     mx, my = (centres[..., 0] + 0.5) / at - 0.5, (centres[..., 1] + 0.5) / at - 0.5
     return np.stack([cv2.remap(np.ascontiguousarray(alignment.confidence[i]), mx, my, cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REPLICATE) for i in others])
