@@ -320,6 +320,13 @@ def _fft_tile16(buf: np.ndarray, forward: bool) -> None:
                 fft16_cols(buf, x, sign)
 
 
+@njit(inline="always")
+def _forward_slot(y: int, x: int) -> int:
+    """Where pixel (y, x) of a 16x16 tile goes in the forward transform's buffer (fft16.py's
+    layout, point-major with 8 lanes; rows 8..15 as the imaginary part of rows 0..7): add the lane."""
+    return 2 * ((y % _S) * _T + x) * _LANES + (0 if y < _S else _LANES)
+
+
 @njit(inline="always", fastmath=True)
 def _tile_into_lanes(patch: np.ndarray, refpix: np.ndarray, window: np.ndarray, saturation: float, half: int,
                      buf: np.ndarray) -> None:
@@ -331,10 +338,9 @@ def _tile_into_lanes(patch: np.ndarray, refpix: np.ndarray, window: np.ndarray, 
     lanes = np.uint64(_P * half)
     one, two, three = np.uint64(1), np.uint64(2), np.uint64(3)
     for y in range(_T):
-        part = 0 if y < _S else _LANES
         for x in range(_T):
             w = window[y, x]
-            o = np.uint64(2 * ((y % _S) * _T + x) * _LANES + part) + lanes
+            o = np.uint64(_forward_slot(y, x)) + lanes
             q = np.uint64((y * _T + x) * _P)
             rq = np.uint64((y * _T + x) * _LANES) + lanes
             a0, a1, a2, a3 = patch[q], patch[q + one], patch[q + two], patch[q + three]
@@ -405,9 +411,8 @@ def wiener_merge16(ref: np.ndarray, frames: np.ndarray, shifts: np.ndarray, cubi
                         cl[_P * half + p] = c[p, j, i]
                         c2l[_P * half + p] = c2[p, j, i]
                     for y in range(_T):
-                        part = 0 if y < _S else _LANES
                         for x in range(_T):
-                            o = 2 * ((y % _S) * _T + x) * _LANES + part + _P * half
+                            o = _forward_slot(y, x) + _P * half
                             for p in range(_P):
                                 r = ref[p, _S * j + y, _S * i + x] if half < pair else np.float32(0.0)
                                 refpix[(y * _T + x) * _LANES + _P * half + p] = r
