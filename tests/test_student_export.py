@@ -25,6 +25,22 @@ def test_mac_count_matches_the_formula():
     assert macs_per_input_pixel(build("espcn")) == pytest.approx(25 * 3 * 64 + 9 * 64 * 32 + 9 * 32 * 12)
 
 
+def test_reparameterised_student_fuses_into_the_plain_network_it_computes():
+    torch.manual_seed(0)
+    net = StudentSR(StudentConfig(channels=8, blocks=2, head_kernel=1, reparam=True))
+    with torch.no_grad():  # every branch far from its initial value, the biases too
+        for p in net.parameters():
+            p.normal_(std=0.1)
+    fused = net.fused()
+    assert not fused.cfg.reparam and fused.fused() is fused
+    assert all(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for b in fused.body for m in (b.conv1, b.conv2))
+    x = torch.rand(2, 3, 24, 40)  # the borders count: the expansion is padded with its bias
+    with torch.no_grad():
+        assert torch.allclose(net(x), fused(x), atol=1e-5)
+    assert macs_per_input_pixel(fused) == macs_per_input_pixel(StudentSR(StudentConfig(channels=8, blocks=2, head_kernel=1)))
+    assert macs_per_input_pixel(net) > macs_per_input_pixel(fused), "the branches cost only while training"
+
+
 def _random_student(seed=0, **kw):
     torch.manual_seed(seed)
     net = StudentSR(StudentConfig(**kw))
@@ -47,7 +63,8 @@ def _frame(bgr):
 
 @pytest.mark.parametrize("kw", [dict(channels=16, blocks=2, head_kernel=1), dict(channels=16, blocks=2),
                                 dict(channels=8, blocks=1, tail_kernel=3),
-                                dict(channels=16, blocks=2, head_kernel=1, base_blur_sigma=0.8)])
+                                dict(channels=16, blocks=2, head_kernel=1, base_blur_sigma=0.8),
+                                dict(channels=8, blocks=2, head_kernel=1, reparam=True)])
 def test_exported_student_through_the_engine_matches_torch(tmp_path, kw):
     net = _random_student(**kw)
     path = export_onnx(net, tmp_path / "s.onnx")
@@ -152,6 +169,20 @@ def test_training_logs_resumes_and_exports_a_model_the_engine_runs(tmp_path, cap
     frame = _frame(np.full((32, 48, 3), 128, np.uint8))
     for name in ("student_sr", "student_sr_int8"):
         assert make_processor(name, weights).process([frame]).output.shape == (64, 96, 3)
+
+
+def test_a_reparameterised_student_trains_and_exports_fused(tmp_path):
+    from trainers.train_student import main
+
+    data = _fake_bsds(tmp_path / "data")
+    weights = tmp_path / "w"
+    assert main(["--data", str(data), "--steps-per-epoch", "2", "--batch", "2", "--patch", "16", "--val-images", "2",
+                 "--channels", "8", "--blocks", "1", "--reparam", "--epochs", "1", "--name", "rep",
+                 "--log-path", str(tmp_path / "rep.csv"), "--weights-dir", str(weights)]) == 0
+    entry = load_manifest(weights)["rep"]
+    plain = 48 * 8 / 16 + 2 * 9 * 8 * 8 / 16 + 8 * 192 / 16  # the fused network's MACs
+    assert entry.macs_per_input_pixel == pytest.approx(plain) and "re-parameterised" in entry.description
+    assert make_processor("rep", weights).process([_frame(np.full((32, 48, 3), 90, np.uint8))]).output.shape == (64, 96, 3)
 
 
 def test_resume_refuses_a_checkpoint_for_another_architecture(tmp_path):

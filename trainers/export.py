@@ -84,6 +84,7 @@ def student_graph(net: StudentSR) -> onnx.ModelProto:
     and the channel orders of the head and tail are permuted from torch's (c, dy, dx) to ONNX DCR's
     (dy, dx, c). Given the engine's bilinear base it computes StudentSR.forward
     (tests/test_student_export.py)."""
+    net = net.fused()  # re-parameterised body convolutions become the plain 3x3s the graph runs
     cfg = net.cfg
     u, s = cfg.unshuffle, cfg.scale
     us = u * s

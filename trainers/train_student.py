@@ -40,7 +40,7 @@ from torch import nn
 
 from trainers.degradations import (WebcamDegradation, degrade_webcam,
                                    random_crop, sample_webcam_params)
-from trainers.models.student import base_filter_of, build, macs_per_input_pixel
+from trainers.models.student import StudentSR, base_filter_of, build, macs_per_input_pixel
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -274,6 +274,10 @@ def arch_kwargs(arch: str, args: argparse.Namespace) -> dict:
             kwargs["head_kernel"] = args.head_kernel
         if args.base_blur > 0:  # likewise: no key means a plain bilinear base
             kwargs["base_blur_sigma"] = args.base_blur
+        if args.unshuffle != 4:  # likewise: no key means the default 4
+            kwargs["unshuffle"] = args.unshuffle
+        if args.reparam:
+            kwargs["reparam"] = True
         return kwargs
     if args.widths is None:  # the paper's widths; {} as in the checkpoints made before --widths
         return {}
@@ -384,6 +388,8 @@ def export_and_register(net: nn.Module, name: str, cfg: TrainConfig, log_path: P
     """ONNX export (+ int8 for StudentSR), manifest entries with the training facts. Returns the files."""
     from trainers.export import export_onnx, quantize_int8, register
 
+    reparam = isinstance(net, StudentSR) and net.cfg.reparam
+    net = net.fused() if isinstance(net, StudentSR) else net
     macs = macs_per_input_pixel(net)
     training = {"command": command, "targets": cfg.targets, "data": str(cfg.data),
                 "epochs": cfg.epochs, "steps": cfg.epochs * cfg.steps_per_epoch, "batch": cfg.batch,
@@ -396,6 +402,8 @@ def export_and_register(net: nn.Module, name: str, cfg: TrainConfig, log_path: P
     desc = {"student_sr": "StudentSR: denoise + deblur + 2x upscale, pixel-unshuffled residual network",
             "espcn": "ESPCN baseline (Shi et al. 2016), trained by our trainer on the same data",
             "fsrcnn": "FSRCNN baseline (Dong et al. 2016), trained by our trainer on the same data"}[cfg.arch]
+    if reparam:
+        desc += "; trained with re-parameterised body convolutions (RepConv3x3), fused for export"
     if widths:
         desc += " at reduced widths " + ", ".join(f"{k}={v}" for k, v in widths.items())
     residual = "bilinear" if cfg.arch == "student_sr" else None
@@ -428,6 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--blocks", type=int, default=2)
+    p.add_argument("--unshuffle", type=int, default=4, choices=(1, 2, 4),
+                   help="StudentSR: pixel-unshuffle factor; the body runs on 1/u^2 of the input's pixels. 4 "
+                        "(default) is the live budget; 2 and 1 make far larger networks for reference")
+    p.add_argument("--reparam", action="store_true",
+                   help="StudentSR: train each body convolution as parallel 3x3, 1x1, identity and 1x1->3x3 "
+                        "branches, fused into one 3x3 for export (same run-time cost)")
     p.add_argument("--head-kernel", type=int, default=1, choices=(1, 3),
                    help="StudentSR: kernel of the head on the unshuffled input: 1 (default) reads each 4x4 "
                         "block alone, 3 its 3x3 neighbourhood of blocks (the first StudentSRs; 9x the head's "

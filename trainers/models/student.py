@@ -22,7 +22,7 @@ ninth of a 3x3 one, and in the same 3,000 steps it scored higher on Kodak24 at e
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import cv2
 import numpy as np
@@ -43,6 +43,9 @@ class StudentConfig:
     # The base then carries less of the noise, which the correction (16 numbers per 4x4 block) cannot
     # cancel pixel by pixel, and the correction adds back detail, which it can.
     base_blur_sigma: float = 0.0
+    # Train each body convolution as RepConv3x3 (several linear branches), fused into one 3x3
+    # convolution for export (StudentSR.fused): more to learn with, the same MACs at run time.
+    reparam: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,13 +58,47 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
     return np.outer(g, g).astype(np.float32)
 
 
-class ResBlock(nn.Module):
-    """conv3x3 -> ReLU -> conv3x3, plus the input (EDSR-style, no batch norm)."""
+class RepConv3x3(nn.Module):
+    """A C -> C 3x3 convolution trained as the sum of four linear branches: 3x3, 1x1, identity, and
+    a 1x1 expansion to `expand` x C channels followed by a 3x3 back to C (RepVGG; the expand-squeeze
+    branch of ECBSR, Zhang et al. 2021). The sum is one 3x3 convolution (`fused`), so the extra
+    parameters shape the optimisation and cost nothing at run time.
 
-    def __init__(self, channels: int):
+    The expansion's output is padded with its own bias, not zeros, so that the fused convolution
+    with zero padding equals the branches at the borders too."""
+
+    def __init__(self, channels: int, expand: int = 2):
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv3 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 1)
+        self.expand = nn.Conv2d(channels, expand * channels, 1)
+        self.squeeze = nn.Conv2d(expand * channels, channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.expand.bias[None, :, None, None]
+        t = F.pad(self.expand(x) - b, (1, 1, 1, 1)) + b
+        return self.conv3(x) + self.conv1(x) + self.squeeze(t) + x
+
+    def fused(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C, C, 3, 3) weight and (C,) bias of the single convolution the branches sum to."""
+        c = self.conv3.out_channels
+        w = self.conv3.weight.detach().clone()
+        w[:, :, 1, 1] += self.conv1.weight.detach()[:, :, 0, 0] + torch.eye(c)
+        w += torch.einsum("omyx,mi->oiyx", self.squeeze.weight.detach(), self.expand.weight.detach()[:, :, 0, 0])
+        bias = (self.conv3.bias + self.conv1.bias + self.squeeze.bias
+                + torch.einsum("omyx,m->o", self.squeeze.weight, self.expand.bias)).detach()
+        return w, bias
+
+
+class ResBlock(nn.Module):
+    """conv3x3 -> ReLU -> conv3x3, plus the input (EDSR-style, no batch norm); each convolution a
+    RepConv3x3 while training when `reparam`."""
+
+    def __init__(self, channels: int, reparam: bool = False):
+        super().__init__()
+        conv = (lambda: RepConv3x3(channels)) if reparam else (lambda: nn.Conv2d(channels, channels, 3, padding=1))
+        self.conv1 = conv()
+        self.conv2 = conv()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.relu(self.conv1(x)))
@@ -75,7 +112,7 @@ class StudentSR(nn.Module):
         self.cfg = cfg
         u, c, s, k = cfg.unshuffle, cfg.channels, cfg.scale, cfg.tail_kernel
         self.head = nn.Conv2d(3 * u * u, c, cfg.head_kernel, padding=cfg.head_kernel // 2)
-        self.body = nn.Sequential(*[ResBlock(c) for _ in range(cfg.blocks)])
+        self.body = nn.Sequential(*[ResBlock(c, cfg.reparam) for _ in range(cfg.blocks)])
         self.tail = nn.Conv2d(c, 3 * (u * s) ** 2, k, padding=k // 2)
         # Start close to plain bilinear (training adds the detail), but not at zero: a zero tail
         # passes no gradient to the layers before it, which then wait ~100 steps to start learning.
@@ -105,6 +142,19 @@ class StudentSR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.residual(x)
+
+    def fused(self) -> "StudentSR":
+        """The same function with every RepConv3x3 fused into a plain 3x3 convolution (itself when
+        there are none): what is exported and counted."""
+        if not self.cfg.reparam:
+            return self
+        plain = StudentSR(replace(self.cfg, reparam=False))
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("body.")}
+        for i, block in enumerate(self.body):
+            for name in ("conv1", "conv2"):
+                state[f"body.{i}.{name}.weight"], state[f"body.{i}.{name}.bias"] = getattr(block, name).fused()
+        plain.load_state_dict(state)
+        return plain.train(self.training)
 
 
 def base_filter_of(net: nn.Module) -> np.ndarray | None:
