@@ -185,6 +185,28 @@ def test_a_reparameterised_student_trains_and_exports_fused(tmp_path):
     assert make_processor("rep", weights).process([_frame(np.full((32, 48, 3), 90, np.uint8))]).output.shape == (64, 96, 3)
 
 
+def test_a_student_distils_from_a_trained_network_and_refuses_a_file_that_is_not_one(tmp_path, capsys):
+    from trainers.train_student import main
+
+    data = _fake_bsds(tmp_path / "data")
+    common = ["--data", str(data), "--steps-per-epoch", "2", "--batch", "2", "--patch", "16", "--val-images", "2",
+              "--epochs", "1", "--weights-dir", str(tmp_path / "w")]
+    big = tmp_path / "big.ckpt"
+    assert main(common + ["--unshuffle", "2", "--channels", "8", "--blocks", "1", "--name", "big", "--no-export",
+                          "--log-path", str(tmp_path / "big.csv"), "--checkpoint", str(big)]) == 0
+    assert main(common + ["--channels", "8", "--blocks", "1", "--name", "small", "--distill-from", str(big),
+                          "--distill-weight", "0.75", "--log-path", str(tmp_path / "small.csv")]) == 0
+    entry = load_manifest(tmp_path / "w")["small"]
+    assert entry.training["loss"] == "L1, 0.25 x to the clean target + 0.75 x to the output of big.ckpt"
+    assert np.isfinite(float(_rows(tmp_path / "small.csv")[0]["train_l1"]))
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    assert main(common + ["--name", "x", "--distill-from", str(junk), "--log-path", str(tmp_path / "x.csv")]) == 2
+    assert "junk.ckpt: not a train_student checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="distill-weight"):
+        main(common + ["--distill-from", str(big), "--distill-weight", "0", "--log-path", str(tmp_path / "y.csv")])
+
+
 def test_resume_refuses_a_checkpoint_for_another_architecture(tmp_path):
     from trainers.train_student import main
 

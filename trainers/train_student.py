@@ -6,6 +6,8 @@ Targets:
                      full-resolution crop is the target.
   --targets teacher  pairs made by `python -m trainers.prepare_dataset RAW TEACHER`: the raw frame
                      is the input and the teacher's output the target (distillation).
+  --distill-from CKPT  with either: a trained network's output on each input is a second target
+                     (knowledge distillation, e.g. from the large reference StudentSR).
 Validation every epoch: on BSDS500/val degraded with a fixed seed (clean targets), or on the
 prepared _VALIDATION folders (teacher targets). One CSV row per epoch (--log-path): epoch, train
 and validation L1, train and validation PSNR, learning rate, seconds.
@@ -25,6 +27,7 @@ import argparse
 import csv
 import math
 import os
+import pickle
 import shlex
 import sys
 import time
@@ -67,6 +70,10 @@ class TrainConfig:
     val_images: int = 100
     val_crop: int = 256  # clean validation: centre crops of this (HR) size keep an epoch's check short
     threads: int | None = None
+    # Knowledge distillation: a trained network's checkpoint whose output on each training input is
+    # a second target, weighted distill_weight (the clean target gets the rest).
+    distill_from: Path | None = None
+    distill_weight: float = 0.5
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -252,6 +259,21 @@ def truncate_log(path: Path, epochs_done: int) -> None:
     os.replace(tmp, path)
 
 
+def load_distillation_teacher(checkpoint: Path) -> nn.Module:
+    """The network a trainer checkpoint holds (its best-validation weights), frozen, in eval mode."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        net = build(state["arch"], **state["model_kwargs"])
+        best = state.get("best") or {}
+        net.load_state_dict(best.get("state") or state["model"])
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise TrainingDataError(f"--distill-from {checkpoint}: not a train_student checkpoint ({exc}); pass the "
+                                f".ckpt a finished train_student run wrote") from exc
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval()
+
+
 # -- the loop --------------------------------------------------------------------------------------
 
 def learning_rate(step: int, total: int, peak: float, warmup: float = 0.03) -> float:
@@ -334,6 +356,7 @@ def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path
         source = PairBatches(load_pairs(cfg.data, cfg.teacher_dir, scale, cfg.patch), cfg.patch, scale, rng)
         val = teacher_validation_set(cfg.data, cfg.teacher_dir, scale) if rank == 0 else []
 
+    teacher = load_distillation_teacher(cfg.distill_from) if cfg.distill_from else None
     model = nn.parallel.DistributedDataParallel(net) if distributed else net
     world_size = dist.get_world_size() if distributed else 1
     per_rank_batch = max(1, cfg.batch // world_size)
@@ -347,14 +370,18 @@ def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path
                 group["lr"] = lr_now
             lr_b, hr_b = source.batch(per_rank_batch)
             out = model(lr_b)
-            loss = F.l1_loss(out, hr_b)
+            loss = clean_l1 = F.l1_loss(out, hr_b)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = teacher(lr_b)
+                loss = (1 - cfg.distill_weight) * clean_l1 + cfg.distill_weight * F.l1_loss(out, soft)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}; the last good checkpoint "
                                          f"{checkpoint} is kept: resume with a lower --lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            l1_sum += loss.item()
+            l1_sum += clean_l1.item()  # logged against the clean targets, distilled or not
             psnr_sum += psnr_t(out.detach(), hr_b)
         if distributed:  # the logged training figures are the mean over every rank's batches
             sums = torch.tensor([l1_sum, psnr_sum], dtype=torch.float64)
@@ -391,9 +418,14 @@ def export_and_register(net: nn.Module, name: str, cfg: TrainConfig, log_path: P
     reparam = isinstance(net, StudentSR) and net.cfg.reparam
     net = net.fused() if isinstance(net, StudentSR) else net
     macs = macs_per_input_pixel(net)
+    loss = "L1"
+    if cfg.distill_from is not None:
+        loss = (f"L1, {1 - cfg.distill_weight:g} x to the clean target + {cfg.distill_weight:g} x to the output of "
+                f"{cfg.distill_from.name}")
+    log = os.path.relpath(log_path, REPO) if log_path.is_relative_to(REPO) else str(log_path)
     training = {"command": command, "targets": cfg.targets, "data": str(cfg.data),
                 "epochs": cfg.epochs, "steps": cfg.epochs * cfg.steps_per_epoch, "batch": cfg.batch,
-                "patch": cfg.patch, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "loss": "L1", "log": os.path.relpath(log_path, REPO) if log_path.is_relative_to(REPO) else str(log_path)}
+                "patch": cfg.patch, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "loss": loss, "log": log}
     rows = list(csv.DictReader(open(log_path))) if log_path.exists() else []
     best = max(rows, key=lambda r: float(r["val_psnr"])) if rows else None
     quality = {"val_psnr": float(best["val_psnr"]), "val_epoch": int(best["epoch"]),
@@ -452,6 +484,11 @@ def main(argv: list[str] | None = None) -> int:
                         "middle noise level of the engine benchmark (trainers/train_live_models.sh uses it)")
     p.add_argument("--widths", default=None,
                    help="baseline widths other than the paper's: ESPCN c1,c2 (64,32); FSRCNN d,s,m (56,12,4)")
+    p.add_argument("--distill-from", type=Path, default=None,
+                   help="a finished train_student checkpoint (e.g. the large reference StudentSR): its output on "
+                        "each training input becomes a second L1 target (knowledge distillation)")
+    p.add_argument("--distill-weight", type=float, default=0.5,
+                   help="with --distill-from: the teacher target's share of the loss, the clean one's the rest")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-images", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
@@ -462,9 +499,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-export", action="store_true")
     args = p.parse_args(argv)
     name = args.name or args.arch
+    if not 0 < args.distill_weight <= 1:
+        raise SystemExit(f"--distill-weight is the teacher target's share of the loss, in (0, 1]; got {args.distill_weight}")
     cfg = TrainConfig(arch=args.arch, targets=args.targets, data=args.data, teacher_dir=args.teacher_dir,
                       epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch=args.batch, patch=args.patch,
-                      lr=args.lr, seed=args.seed, val_images=args.val_images, threads=args.threads)
+                      lr=args.lr, seed=args.seed, val_images=args.val_images, threads=args.threads,
+                      distill_from=args.distill_from, distill_weight=args.distill_weight)
     log_path = args.log_path.resolve()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint or log_path.with_name(f"{name}.ckpt")
