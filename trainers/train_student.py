@@ -434,6 +434,8 @@ def export_and_register(net: nn.Module, name: str, cfg: TrainConfig, log_path: P
     desc = {"student_sr": "StudentSR: denoise + deblur + 2x upscale, pixel-unshuffled residual network",
             "espcn": "ESPCN baseline (Shi et al. 2016), trained by our trainer on the same data",
             "fsrcnn": "FSRCNN baseline (Dong et al. 2016), trained by our trainer on the same data"}[cfg.arch]
+    if isinstance(net, StudentSR):
+        desc += f" ({net.cfg.unshuffle}x unshuffle, {net.cfg.channels} channels x {net.cfg.blocks} blocks)"
     if reparam:
         desc += "; trained with re-parameterised body convolutions (RepConv3x3), fused for export"
     if widths:

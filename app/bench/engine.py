@@ -29,7 +29,9 @@ from engine.processor import BicubicProcessor, Processor, StageTimer, make_proce
 from trainers.degradations import WEBCAM_NOISE_LEVELS, WebcamParams, degrade_webcam, sample_webcam_params
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-MODELS = ["student_sr", "student_sr_int8", "espcn", "fsrcnn", "espcn_tiny", "fsrcnn_tiny"]
+# student_sr_large is no live model: a StudentSR 180x larger, trained the same way, shows what capacity
+# buys on this protocol (and is what the live StudentSR can be distilled from).
+MODELS = ["student_sr", "student_sr_int8", "espcn", "fsrcnn", "espcn_tiny", "fsrcnn_tiny", "student_sr_large"]
 BORDER = 4
 
 
@@ -230,7 +232,9 @@ def run(args: argparse.Namespace) -> int:
     sections = [
         ("Quality and speed", f"fp32 GEMM peak measured in this run (ONNX Runtime MatMul 1024^3): **{peak:.1f} GMAC/s**.\n\n"
          + markdown_table(headers, rows) + f"\n\nNoise levels (linear light, variance = sigma_shot^2 x + sigma_read^2): "
-         f"{noise_desc}. NLM strength h per level: " + ", ".join(f"{lv} {nlm_strength(lv):.1f}" for lv in levels) + "."),
+         f"{noise_desc}. NLM strength h per level: " + ", ".join(f"{lv} {nlm_strength(lv):.1f}" for lv in levels) + ".\n\n"
+         + "\n".join(f"- {n}: {manifest[n].description} ({manifest[n].training.get('steps')} steps)"
+                     for n in qual if n in manifest)),
     ]
     if live:
         sections.append(("Live: simulated camera 640x480 @ 30 fps, StudentSR", markdown_table(
