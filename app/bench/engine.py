@@ -29,9 +29,10 @@ from engine.processor import BicubicProcessor, Processor, StageTimer, make_proce
 from trainers.degradations import WEBCAM_NOISE_LEVELS, WebcamParams, degrade_webcam, sample_webcam_params
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-# student_sr_large is no live model: a StudentSR 180x larger, trained the same way, shows what capacity
-# buys on this protocol (and is what the live StudentSR can be distilled from).
-MODELS = ["student_sr", "student_sr_int8", "espcn", "fsrcnn", "espcn_tiny", "fsrcnn_tiny", "student_sr_large"]
+# student_sr_medium and student_sr_large are no live models: StudentSRs 7x and 180x larger, trained
+# the same way, show what capacity buys on this protocol beside what it costs here.
+MODELS = ["student_sr", "student_sr_int8", "espcn", "fsrcnn", "espcn_tiny", "fsrcnn_tiny", "student_sr_medium",
+          "student_sr_large"]
 BORDER = 4
 
 
