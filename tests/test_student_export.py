@@ -203,6 +203,8 @@ def test_a_student_distils_from_a_trained_network_and_refuses_a_file_that_is_not
     junk.write_bytes(b"not a checkpoint")
     assert main(common + ["--name", "x", "--distill-from", str(junk), "--log-path", str(tmp_path / "x.csv")]) == 2
     assert "junk.ckpt: not a train_student checkpoint" in capsys.readouterr().err
+    assert main(common + ["--patch", "18", "--name", "z", "--log-path", str(tmp_path / "z.csv")]) == 2  # the last --patch wins
+    assert "--patch 18 is not a multiple of 4" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="distill-weight"):
         main(common + ["--distill-from", str(big), "--distill-weight", "0", "--log-path", str(tmp_path / "y.csv")])
 

@@ -357,6 +357,10 @@ def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path
         val = teacher_validation_set(cfg.data, cfg.teacher_dir, scale) if rank == 0 else []
 
     teacher = load_distillation_teacher(cfg.distill_from) if cfg.distill_from else None
+    for m in (pad_for(net), pad_for(teacher) if teacher is not None else 1):
+        if cfg.patch % m:
+            raise TrainingDataError(f"--patch {cfg.patch} is not a multiple of {m}, the pixel-unshuffle factor of the "
+                                    f"network or its distillation teacher; pass a multiple of {m}")
     model = nn.parallel.DistributedDataParallel(net) if distributed else net
     world_size = dist.get_world_size() if distributed else 1
     per_rank_batch = max(1, cfg.batch // world_size)
