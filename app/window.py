@@ -58,6 +58,9 @@ SOURCE_CHOICES = ("simulated", "simulated:bayer", "ps3eye", "0")
 LABELS = {
     "student_sr": "StudentSR",
     "student_sr_int8": "StudentSR int8",
+    # the reference StudentSRs: better, far slower than the frame rate (README: "What +2 dB costs")
+    "student_sr_medium": "StudentSR medium (7x compute, not real time)",
+    "student_sr_large": "StudentSR large (180x compute, about 1 s a frame)",
     "burst_fusion": "BurstFusion",
     "bicubic": "Bicubic (baseline)",
     "passthrough": "Passthrough (input only)",
