@@ -262,7 +262,8 @@ def truncate_log(path: Path, epochs_done: int) -> None:
 def load_distillation_teacher(checkpoint: Path) -> nn.Module:
     """The network a trainer checkpoint holds (its best-validation weights), frozen, in eval mode."""
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        # weights_only: a file named on the command line is read as data, never run as pickled code
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         net = build(state["arch"], **state["model_kwargs"])
         best = state.get("best") or {}
         net.load_state_dict(best.get("state") or state["model"])
