@@ -244,10 +244,13 @@ _SQRT_TO_SRGB_U8 = quantise_u8(linear_to_srgb((np.arange(256, dtype=np.float32) 
 def sqrt_codes(x: np.ndarray, scratch: np.ndarray, codes: np.ndarray) -> None:
     """codes = round(255 * sqrt(x)), clipped to [0, 255]: (R, C) float32 -> (R, C) uint8 in `codes`.
 
-    Below-black values (noise) give NaN in the square root, which the saturating byte conversion
-    turns into 0: the clip at 0 without a pass of its own. scratch (R, C) float32 is overwritten.
+    Below-black values (noise) are clamped to 0 before the square root: the square root of a negative
+    is NaN, and what a byte conversion makes of NaN is not defined (OpenCV 4 gave 0, OpenCV 5 gives
+    255). Above 1 the conversion saturates at 255, which OpenCV defines. scratch (R, C) float32 is
+    overwritten.
     """
-    cv2.sqrt(x, scratch)
+    cv2.threshold(x, 0.0, 0.0, cv2.THRESH_TOZERO, scratch)
+    cv2.sqrt(scratch, scratch)
     cv2.convertScaleAbs(scratch, codes, alpha=255.0)
 
 
