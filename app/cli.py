@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from engine.process import configure_process
+
+    configure_process()
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

@@ -125,7 +125,7 @@ def enhance_burst(args: argparse.Namespace) -> str:
         raise BurstCommandError(str(exc)) from exc
     timer = StageTimer()
     with timer.stage("first-run compile"):  # numba's, once per machine (cached after): kept out of the stages
-        prepare_for_bursts(cfg)
+        prepare_for_bursts(cfg, announce=lambda msg: print(f"eyefuse enhance-burst: {msg}", file=sys.stderr))
     if timer.stages["first-run compile"] < 1000.0:
         del timer.stages["first-run compile"]
     try:

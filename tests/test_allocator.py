@@ -21,10 +21,12 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 _KEEP = "from engine.allocator import keep_freed_memory; assert keep_freed_memory()"
-# what BurstFusion and enhance-burst do first (here without kernels to compile)
-_BURSTS = ("from engine.burst.align import AlignConfig; from engine.burst.merge import MergeConfig; "
-           "from engine.burst.fusion import BurstConfig, prepare_for_bursts; "
-           "prepare_for_bursts(BurstConfig(align=AlignConfig(method='dis'), merge=MergeConfig(method='robust')))")
+# what every `eyefuse` command does first
+_ENTRY = "from engine.process import configure_process; configure_process()"
+# a program that embeds the engine and runs a burst without asking for the setting
+_EMBEDDED = ("from engine.burst.align import AlignConfig; from engine.burst.merge import MergeConfig; "
+             "from engine.burst.fusion import BurstConfig, BurstFusion, prepare_for_bursts; import app.recorder; "
+             "prepare_for_bursts(BurstConfig(align=AlignConfig(method='dis'), merge=MergeConfig(method='robust')))")
 
 
 def _second_allocation_faults(setup: str, mb: int) -> int:
@@ -34,11 +36,17 @@ def _second_allocation_faults(setup: str, mb: int) -> int:
 
 
 @glibc
-@pytest.mark.parametrize("setup, mb", [(_KEEP, 64), (_BURSTS, 64), (_KEEP, 400)])  # 400 MB: a 12 MP burst
+@pytest.mark.parametrize("setup, mb", [(_KEEP, 64), (_ENTRY, 64), (_KEEP, 400)])  # 400 MB: a 12 MP burst
 def test_second_large_allocation_reuses_the_heap(setup, mb):
     without, with_setting = _second_allocation_faults("", mb), _second_allocation_faults(setup, mb)
     assert without >= 32  # glibc unmapped the first array: the second is faulted in afresh (2 MB pages at best)
     assert with_setting < 16 and with_setting * 4 < without
+
+
+@glibc
+def test_importing_and_using_the_engine_leaves_the_allocator_alone():
+    faults = _second_allocation_faults(_EMBEDDED, 64)
+    assert faults >= 32, "the library changed glibc's allocator settings without being asked"
 
 
 @glibc

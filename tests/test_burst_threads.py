@@ -11,6 +11,9 @@ import json, os
 import numba, numpy as np
 from numba import njit, prange
 import engine.burst.kernels
+if CONFIGURE:
+    from engine.process import configure_process
+    configure_process(keep_freed=False)
 
 @njit(parallel=True)
 def double(a):
@@ -25,14 +28,16 @@ try:
 except ImportError:
     omp_loads = False
 print(json.dumps({"layer": numba.threading_layer(), "policy": os.environ.get("OMP_WAIT_POLICY"),
+                  "priority": list(numba.config.THREADING_LAYER_PRIORITY),
                   "omp_loads": omp_loads, "sum": float(a.sum())}))
 """
 
 
-def _probe(**env_overrides: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY")}
+def _probe(configure: bool = True, **env_overrides: str) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY", "OMP_WAIT_POLICY")}
     env.update(env_overrides)
-    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True, env=env,
+    out = subprocess.run([sys.executable, "-c", f"CONFIGURE = {configure}\n" + _PROBE], capture_output=True, text=True, check=True, env=env,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -46,9 +51,17 @@ def test_kernels_run_on_openmp_threads_that_wait_passively():
     assert got["layer"] in ("omp", "tbb", "workqueue")
 
 
+def test_importing_the_kernels_changes_no_process_setting():
+    got = _probe(configure=False)
+    assert got["sum"] == 2000.0
+    assert got["policy"] is None
+    assert got["priority"] == ["tbb", "omp", "workqueue"]  # numba's own default, untouched
+
+
 def test_the_environment_chooses_the_layer_and_the_wait_policy_when_it_names_them():
     got = _probe(NUMBA_THREADING_LAYER="workqueue", OMP_WAIT_POLICY="active")
-    assert got == {"layer": "workqueue", "policy": "active", "omp_loads": got["omp_loads"], "sum": 2000.0}
+    assert got == {"layer": "workqueue", "policy": "active", "omp_loads": got["omp_loads"], "sum": 2000.0,
+                   "priority": got["priority"]}
 
 
 _CONCURRENT = """

@@ -342,7 +342,7 @@ def raft_sentence(raft: dict | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from engine.burst.fusion import BurstConfig, prepare_for_bursts
 
-    prepare_for_bursts(BurstConfig())  # as BurstFusion and enhance-burst do: kernels loaded, freed memory kept
+    prepare_for_bursts(BurstConfig())  # as BurstFusion and enhance-burst do: kernels loaded
     data = Path(args.data)
     gains = tuple(int(g) for g in args.gains.split(","))
     images = kodak(data, args.images)

@@ -20,12 +20,11 @@ import dataclasses
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from capture.frame import Frame, PixelFormat, RawMeta
-from engine.allocator import keep_freed_memory
 from engine.burst.align import AlignConfig, Alignment, align
 from engine.burst.align import warm_up as warm_up_align
 from engine.burst.finish import FinishConfig, finish
@@ -113,13 +112,16 @@ class FusedBurst:
         return self._noise_out
 
 
-def prepare_for_bursts(cfg: BurstConfig) -> None:
+def prepare_for_bursts(cfg: BurstConfig, announce: Callable[[str], None] | None = None) -> None:
     """Compile (or load from numba's cache) the compiled loops `cfg`'s aligner and merge use, on
-    the calling thread, so a later burst does not stop for it; and keep freed memory in the
-    process (engine/allocator.py), so the merge's large arrays are not page-faulted in afresh for
-    every burst. Only the burst path asks for that: in A/B runs of the live StudentSR window it
-    bought nothing (p99 60.7 / 69.2 ms with it, 55.4 / 64.4 without, in a slow phase of this VM)."""
-    keep_freed_memory()
+    the calling thread, so a later burst does not stop for it. When some are not cached on this
+    machine yet, `announce` is told first (a minute of compiling, once per machine: `make run` and
+    `make test` compile them during set-up)."""
+    from engine.burst import kernels
+
+    cold = kernels.uncached()
+    if cold and announce is not None:
+        announce(f"compiling {len(cold)} burst kernels for this machine (once; about a minute, cached after)")
     if cfg.align.method == "tiles":
         warm_up_align()
     if cfg.merge.method == "wiener":

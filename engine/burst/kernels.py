@@ -23,7 +23,6 @@ bounds.
 """
 from __future__ import annotations
 
-import os
 import threading
 
 import numba
@@ -32,19 +31,6 @@ from numba import njit, prange
 
 from engine.burst.fft16 import fft16_cols, fft16_rows
 
-# numba's OpenMP threads (GNU libgomp, which Linux ships) where they load, else TBB's or its own
-# "workqueue". Under workqueue the calling thread only waits while two workers, asleep since the
-# last kernel, wake up and share the work; on this VM waking them took as long as the work (a
-# 320x240 aligner warp: 1.9 ms back to back, 4.2 ms between the aligner's other steps). OpenMP's
-# calling thread does half the work itself: 2.0-2.4 ms there; align 31 -> 24 ms and merge 53 ->
-# 49 ms in three A/B pairs. Its workers wait passively: spinning after each kernel would starve
-# the OpenCV and scipy threads that run between kernels (it cost the scipy-FFT merge 23 ms when
-# that path was the only one), and measured no faster here. Both are set before the first kernel
-# loads libgomp (the policy is process-wide); the environment overrides them.
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
-    numba.config.THREADING_LAYER = "default"
 # Workqueue aborts the process if two threads launch parallel kernels at once, and two kernels at
 # once would only oversubscribe two cores: callers hold LOCK around their parallel kernel calls
 # (serial ones need not). Re-entrant, so a caller may hold it over several calls that take it too.
@@ -816,3 +802,13 @@ def shifted_tile_ssd(alt: np.ndarray, ref: np.ndarray, model: np.ndarray, resid:
                         d = patch[y + oy, x + ox] - ref[j * tile + y, i * tile + x]
                         s += d * d
                 out[f, j, i, k] = s
+
+
+def uncached() -> list[str]:
+    """Names of the cached kernels that numba has not compiled on this machine yet (no cache index
+    beside this file): each costs seconds of compile on its first call, so callers can say so."""
+    import os
+
+    cached = [v for v in globals().values() if isinstance(v, numba.core.registry.CPUDispatcher)
+              and hasattr(v._cache, "_cache_file")]
+    return [k.__name__ for k in cached if not os.path.exists(k._cache._cache_file._index_path)]
