@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # the training extra: `make test` installs it, and a missing torch must fail, not skip
 
 from app.cli import main as eyefuse  # noqa: E402
 from tests.test_distill_chain import TINY  # noqa: E402

@@ -265,6 +265,7 @@ def test_merges_from_two_threads_at_once_match_the_one_at_a_time_result():
             assert np.array_equal(out, alone[k])
 
 
+@pytest.mark.slow  # a fresh interpreter loads (or, on a new machine, compiles) every kernel: `make test-all`
 def test_burst_fusion_compiles_its_kernels_when_it_is_made():
     # in a fresh interpreter: in this one earlier tests have compiled them already
     import subprocess

@@ -1,8 +1,6 @@
 import pytest
 
-pytest.importorskip("matplotlib")
-
-from trainers.plot_metrics import main  # noqa: E402
+from trainers.plot_metrics import main
 
 HEADER = "epoch,train_l1,val_l1,train_psnr,val_psnr,lr,seconds\n"
 

@@ -1,7 +1,7 @@
 """trainers.models.raft: RAFT-small as published (the burst benchmark times it against our aligner)."""
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # the training extra: `make test` installs it, and a missing torch must fail, not skip
 
 from trainers.models.raft import RaftSmall, correlation_pyramid, look_up  # noqa: E402
 

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # the training extra: `make test` installs it, and a missing torch must fail, not skip
 
 from capture.frame import Frame, PixelFormat  # noqa: E402
 from engine.manifest import WeightsError, load_manifest  # noqa: E402

@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # the training extra: `make test` installs it, and a missing torch must fail, not skip
 
 from trainers.models.nafnet import NAFNet  # noqa: E402
 from trainers.models.nafssr import NAFSSR  # noqa: E402

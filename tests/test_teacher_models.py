@@ -1,7 +1,7 @@
 """NAFNet and NAFSSR: shapes, and loading checkpoints written in the published (BasicSR) layout."""
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # the training extra: `make test` installs it, and a missing torch must fail, not skip
 
 from trainers.checkpoints import CheckpointMismatch, load_checkpoint  # noqa: E402
 from trainers.models.nafnet import NAFNet  # noqa: E402

@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # the training extra: `make test` installs it, and a missing torch must fail, not skip
 
 from tests.test_student_export import _fake_bsds  # noqa: E402
 

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # the training extra: `make test` installs it, and a missing torch must fail, not skip
 
 from engine.manifest import load_manifest  # noqa: E402
 from trainers.checkpoints import load_checkpoint  # noqa: E402
