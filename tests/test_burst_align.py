@@ -195,6 +195,14 @@ def test_warp_kernels_stay_inside_the_image_for_any_flow():
         kernels.warped_tile_sums(alt, alt[0], alt[0], alt[0], model, resid, tile, out, np.empty((0, 1, 1), np.float32), 1)
         ssd = np.empty((f, 4, 4, 9), np.float32)
         kernels.shifted_tile_ssd(alt, alt[0], model, resid, tile, ssd)
+        # every sample came from inside the image, whose values lie in [0, 1]: a tile's sums of
+        # products of differences are at most tile * tile in size (a read past the image would
+        # bring arbitrary floats), or NaN where the model's own NaN (or inf - inf) reached the
+        # interpolation weights
+        for sums in (out, ssd):
+            assert np.all(np.isnan(sums) | (np.abs(sums) <= tile * tile)), bad
+        if np.isfinite(bad):
+            assert np.isfinite(out).all() and np.isfinite(ssd).all(), bad
 
 
 def test_affine_fit_ignores_outlier_tiles_and_falls_back_to_a_translation_then_to_zero():
