@@ -45,6 +45,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--estimate-ca", action="store_true",
                    help="with --lens raw: estimate and correct lateral chromatic aberration when the DNG has no "
                         "WarpRectilinear opcode")
+    p.add_argument("--noise", choices=("auto", "metadata", "estimate"), default="auto",
+                   help="the noise model the merge uses: auto (the DNG's NoiseProfile, unless the burst itself "
+                        "shows noise more than 4x off either way; measured from the burst when there is none; "
+                        "default), metadata (the NoiseProfile whenever there is one), estimate (always measured)")
     p.add_argument("--on-mismatch", choices=("raise", "exclude"), default="raise",
                    help="frames of another size, pattern or exposure: stop (default) or leave them out")
     p.add_argument("--preview", type=Path, default=None, help="also write a PNG of the merged frame through the ISP")
@@ -120,7 +124,7 @@ def enhance_burst(args: argparse.Namespace) -> str:
         cfg = BurstConfig(reference=_reference(args.reference), align=AlignConfig(method=args.aligner),
                           merge=MergeConfig(method=args.merge, **merge_kw),
                           lens="raw" if args.lens == "raw" else "off", lens_estimate=args.estimate_ca,
-                          on_mismatch=args.on_mismatch)
+                          on_mismatch=args.on_mismatch, noise=args.noise)
     except ValueError as exc:
         raise BurstCommandError(str(exc)) from exc
     timer = StageTimer()
@@ -136,7 +140,8 @@ def enhance_burst(args: argparse.Namespace) -> str:
     for i, why in fused.excluded:
         print(f"eyefuse enhance-burst: left out {paths[i]}: {why}", file=sys.stderr)
     for note in fused.warnings:
-        print(f"eyefuse enhance-burst: {note}", file=sys.stderr)
+        if fused.noise_report is None or note != fused.noise_report.describe():  # said in the summary
+            print(f"eyefuse enhance-burst: {note}", file=sys.stderr)
     with timer.stage("write"):
         frame = merged_frame(fused, args.bits, source=str(args.output))
         try:
@@ -149,8 +154,9 @@ def enhance_burst(args: argparse.Namespace) -> str:
     stages = ", ".join(f"{k} {v:.0f} ms" for k, v in timer.stages.items())
     ref_name = paths[fused.ref].name
     return (f"wrote {args.output}: {len(fused.used)} of {len(frames)} frames merged into {ref_name} "
-            f"({frame.width}x{frame.height} {frame.raw.cfa_pattern}, {args.bits}-bit), noise variance x{ratio:.2f}; "
-            f"{stages}; {time.monotonic() - t0:.1f} s total")
+            f"({frame.width}x{frame.height} {frame.raw.cfa_pattern}, {args.bits}-bit), noise variance x{ratio:.2f} "
+            f"(written as its NoiseProfile); {stages}; {time.monotonic() - t0:.1f} s total\n"
+            f"{fused.noise_report.describe()}")
 
 
 def _write_preview(path: Path, fused) -> None:

@@ -31,6 +31,11 @@ Both warp whole frames by the dense flow first (OpenCV remap).
 
 Saturated samples of a frame are replaced by the reference's before merging, so a clipped
 highlight in one frame cannot leak into the others.
+
+`reference_guard` (on by default after the Wiener merge) keeps the merge from ever being worse than
+the reference frame: where a tile of the merged result differs from the reference by more than the
+reference's own noise can explain, the merge changed the scene there (a misregistered frame, detail
+averaged away under a noise model that was too high), and the tile is pulled back to the reference.
 """
 from __future__ import annotations
 
@@ -59,6 +64,8 @@ class MergeConfig:
         merge takes each tile at its flow, the others warp every pixel).
     robust_k: the robust merge rejects a frame where its 3x3-mean difference exceeds
         robust_k noise sigmas.
+    guard: after the Wiener merge, pull tiles whose change from the reference more than noise
+        can explain back to the reference (reference_guard).
     strip_mb: working memory of one strip of whole tile rows on the general path (tiles other
         than 16), whose tiles and spectra go through memory (about 65 KB per tile); the fused
         16x16 kernel keeps none, and merges the whole frame in one pass."""
@@ -70,6 +77,7 @@ class MergeConfig:
     interpolation: str = "cubic"
     robust_k: float = 3.0
     strip_mb: float = 192.0
+    guard: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in ("wiener", "robust", "mean"):
@@ -125,10 +133,16 @@ def tile_inverse(spectra: np.ndarray, t: int) -> np.ndarray:
 
 
 # -- the merges ----------------------------------------------------------------------------------------
-def merge(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cfg: MergeConfig = MergeConfig()) -> np.ndarray:
-    """(N, 4, h, w) normalised planes of a burst, aligned by `alignment` -> (4, h, w) merged."""
+def merge(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cfg: MergeConfig = MergeConfig(),
+          guard_noise: NoiseModel | None = None) -> np.ndarray:
+    """(N, 4, h, w) normalised planes of a burst, aligned by `alignment` -> (4, h, w) merged.
+    guard_noise: the noise the guard holds the merge to (default `noise`); the burst's measured
+    noise where the merge runs on a profile that may be too high."""
     if cfg.method == "wiener":
-        return merge_wiener(planes, alignment, noise, cfg)
+        merged = merge_wiener(planes, alignment, noise, cfg)
+        if cfg.guard and planes.shape[0] > 1:
+            merged = reference_guard(merged, planes[alignment.ref], guard_noise or noise)
+        return merged
     if cfg.method == "robust":
         return merge_robust(planes, alignment, noise, cfg)
     return merge_mean(planes, alignment, cfg)
@@ -193,6 +207,35 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
             kernels.overlap_add(tile_inverse(acc, t), out, r0 * s)
     merged = out if spatial else r_pad - out
     return np.ascontiguousarray(merged[:, s : s + h, s : s + w])
+
+
+GUARD_TILE = 16
+
+
+def reference_guard(merged: np.ndarray, ref: np.ndarray, noise: NoiseModel, tile: int = GUARD_TILE,
+                    k: float = 3.0) -> np.ndarray:
+    """(4, h, w) merged planes, pulled towards the (4, h, w) reference planes tile by tile where
+    their difference has more energy than the reference's noise explains. Returns a new array.
+
+    A merge that only removed noise differs from the reference by (most of) the reference's own
+    noise: per tile and plane, E = mean((merged - ref)^2) stays within var(level) (1 + k sqrt(2/n)),
+    n the tile's pixels (a chi-square bound, k sigmas). Beyond that the merge changed the scene: its
+    weight falls linearly to 0 at twice the bound, so a tile that differs that much is the
+    reference's, and the weights are interpolated bilinearly between tile centres (no seams).
+    """
+    _, h, w = merged.shape
+    ny, nx = max(1, h // tile), max(1, w // tile)
+    diff = merged - ref
+    # per tile means by area resampling of the four planes stacked, one OpenCV call each
+    tall = (4 * h, w)
+    energy = cv2.resize(np.ascontiguousarray((diff * diff).reshape(tall)), (nx, 4 * ny), interpolation=cv2.INTER_AREA)
+    level = cv2.resize(np.ascontiguousarray(ref.reshape(tall)), (nx, 4 * ny), interpolation=cv2.INTER_AREA)
+    bound = noise.variance(level.reshape(4, ny, nx)) * (1.0 + k * np.sqrt(2.0 / (tile * tile)))
+    weight = np.clip(2.0 - energy.reshape(4, ny, nx) / np.maximum(bound, 1e-20), 0.0, 1.0).astype(np.float32)
+    if weight.min() >= 1.0:
+        return merged
+    dense = np.stack([cv2.resize(wp, (w, h), interpolation=cv2.INTER_LINEAR) for wp in weight])
+    return ref + dense * diff
 
 
 def warm_up(tile: int = 16) -> None:
