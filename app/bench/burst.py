@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from app.bench.report import markdown_table, peak_rss_mib, run_child, write_results
+from app.bench.report import markdown_table, peak_rss_during, peak_rss_mib, run_child, write_results
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 GAINS = (1, 2, 4, 8)
@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=8, help="frames per burst (default 8)")
     p.add_argument("--timing-runs", type=int, default=5, help="repeats per image for the 640x480 timings")
     p.add_argument("--live-frames", type=int, default=500, help="results to show in the live run (0: skip)")
+    p.add_argument("--noise-images", type=int, default=24,
+                   help="images per set for the noise rows (Kodak24 and the most textured BSDS500 test photos; 0: skip)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -149,6 +151,105 @@ def ghosting(images, seed) -> dict:
     return rows
 
 
+NOISE_ROWS = (
+    "reference frame",
+    "merge given the true noise",
+    "merge with the DNG's NoiseProfile (auto: checked against the burst)",
+    "merge with a NoiseProfile 8x too high (auto)",
+    "merge, no NoiseProfile: noise measured from the burst",
+    "merge, no NoiseProfile: single-frame estimate, no guard (before)",
+)
+NOISE_LEVELS = (0.1, 0.25, 0.5)
+
+
+def texture_set(data: Path, n: int) -> list[tuple[str, np.ndarray]]:
+    """The n BSDS500 test photos with the most fine detail (mean squared gradient of the grey
+    image), landscape, for a noise benchmark where texture is everywhere."""
+    paths = sorted((data / "BSDS500" / "test").glob("*.jpg"))
+    if not paths:
+        raise SystemExit(f"no BSDS500 test images under {data / 'BSDS500' / 'test'}; pass --data with ../shared/data")
+    scored = []
+    for p in paths:
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            continue
+        g = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32) / 255.0
+        energy = float(np.mean(cv2.Sobel(g, cv2.CV_32F, 1, 0) ** 2 + cv2.Sobel(g, cv2.CV_32F, 0, 1) ** 2))
+        scored.append((energy, p.stem, img))
+    scored.sort(key=lambda t: -t[0])
+    from trainers.burst_synthesis import landscape
+
+    return [(name, landscape(img)) for _, name, img in scored[:n]]
+
+
+def noise_quality(image_sets: dict[str, tuple[list, tuple[int, int]]], gains, frames: int, seed: int) -> dict:
+    """Per image set and gain: the merge with the true noise, the DNG's profile (checked), a profile
+    8x too high, the noise measured from the burst, and the single-frame estimate the burst path
+    used before; linear PSNR, images worse than their reference frame; and the measured noise over
+    the true at NOISE_LEVELS, for the burst estimate and the single-frame one."""
+    import dataclasses
+
+    from engine.burst.align import align
+    from engine.burst.fusion import BurstConfig, fuse_burst
+    from engine.burst.merge import MergeConfig, merge
+    from engine.burst.raw import estimate_noise, grey
+    from trainers.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, burst_frames, score, synthesize_burst
+
+    out: dict = {}
+    for set_name, (images, size) in image_sets.items():
+        out[set_name] = {}
+        for gain in gains:
+            psnr: dict[str, list] = {r: [] for r in NOISE_ROWS}
+            ratios: dict[str, list] = {"burst": [], "single frame": []}
+            for k, (name, img) in enumerate(images):
+                b = synthesize_burst(img, frames, np.random.default_rng([seed, 20, gain, k]), KPN_GAINS[gain],
+                                     SYNTHETIC_BURST_MOTION, size=size, name=name)
+                truth = noise_model(b.noise)
+                with_profile = burst_frames(b)
+                high = tuple((8 * s_, 8 * o) for s_, o in with_profile[0].raw.noise_profile)
+                too_high = [dataclasses.replace(f, raw=f.raw.replace(noise_profile=high)) for f in with_profile]
+                bare = [dataclasses.replace(f, raw=f.raw.replace(noise_profile=())) for f in with_profile]
+                cfg = BurstConfig(reference="first", lens="off")
+                fused = {
+                    NOISE_ROWS[1]: fuse_burst(with_profile, dataclasses.replace(cfg, noise="metadata")),
+                    NOISE_ROWS[2]: fuse_burst(with_profile, cfg),
+                    NOISE_ROWS[3]: fuse_burst(too_high, cfg),
+                    NOISE_ROWS[4]: fuse_burst(bare, cfg),
+                }
+                ref_planes = fused[NOISE_ROWS[1]].ref_planes
+                single = estimate_noise(ref_planes)
+                bare_stack = _stack(bare)
+                before = merge(bare_stack, align(grey(bare_stack), 0, single), single, MergeConfig(guard=False))
+                planes = {NOISE_ROWS[0]: ref_planes, **{k_: f.planes for k_, f in fused.items()}, NOISE_ROWS[5]: before}
+                for row, x in planes.items():
+                    psnr[row].append(score(x, b.clean[0], BORDER).psnr_linear)
+                measured = fused[NOISE_ROWS[4]].noise
+                for key, model in (("burst", measured), ("single frame", single)):
+                    ratios[key].append([float(np.mean([model.variance(x, p) / truth.variance(x, p) for p in range(4)]))
+                                        for x in NOISE_LEVELS])
+            ref = np.array(psnr[NOISE_ROWS[0]])
+            out[set_name][gain] = {
+                "psnr": {r: float(np.mean(v)) for r, v in psnr.items()},
+                "worse_than_reference": {r: int(np.sum(np.array(v) < ref)) for r, v in psnr.items() if r != NOISE_ROWS[0]},
+                "per_image": {r: v for r, v in psnr.items()},
+                "ratio_mean": {k_: np.mean(v, axis=0).tolist() for k_, v in ratios.items()},
+                "ratio_worst": {k_: np.take_along_axis(np.array(v), np.argmax(np.abs(np.log(np.array(v))), axis=0)[None],
+                                                       0)[0].tolist() for k_, v in ratios.items()},
+                "images": len(images),
+            }
+            r = out[set_name][gain]
+            print(f"noise {set_name} gain {gain}: true {r['psnr'][NOISE_ROWS[1]]:.2f} measured "
+                  f"{r['psnr'][NOISE_ROWS[4]]:.2f} single {r['psnr'][NOISE_ROWS[5]]:.2f} dB; ratio at "
+                  f"{NOISE_LEVELS} mean {np.round(r['ratio_mean']['burst'], 2)}", flush=True)
+    return out
+
+
+def _stack(frames) -> np.ndarray:
+    from engine.burst.raw import normalise
+
+    return np.stack([normalise(f.pixels, f.raw) for f in frames])
+
+
 def timed(fn, *args, **kw):
     """(result, wall ms, CPU ms of the whole process)."""
     w0, c0 = time.perf_counter(), time.process_time()
@@ -159,8 +260,11 @@ def timed(fn, *args, **kw):
 def speed(images, frames: int, size: tuple[int, int], runs: int, seed: int) -> dict:
     """Median wall and CPU ms of each stage on bursts of `images` at `size`, after one warm-up."""
     from engine.burst.align import AlignConfig, align
+    import dataclasses
+
     from engine.burst.fusion import BurstConfig, fuse_burst
     from engine.burst.merge import MergeConfig, merge
+    from engine.burst.noise import estimate_noise_burst
     from engine.burst.raw import grey
     from trainers.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, burst_frames, synthesize_burst
 
@@ -183,12 +287,18 @@ def speed(images, frames: int, size: tuple[int, int], runs: int, seed: int) -> d
                               ("align DIS", w4, c4), ("merge Wiener, linear sampling, no spatial", w5, c5),
                               ("merge robust", w6, c6)):
                 rec.setdefault(key, []).append((w, c))
+            _, w8, c8 = timed(estimate_noise_burst, b.noisy, al)
+            rec.setdefault("noise measured from the burst", []).append((w8, c8))
             if fr is not None:
                 from engine.processor import StageTimer
 
                 timer = StageTimer()
                 _, w7, c7 = timed(fuse_burst, fr, BurstConfig(reference="first"), timer)
-                rec.setdefault("fuse_burst (raw + align + merge)", []).append((w7, c7))
+                rec.setdefault("fuse_burst, NoiseProfile checked (raw + align + noise + merge)", []).append((w7, c7))
+                bare = [dataclasses.replace(f, raw=f.raw.replace(noise_profile=())) for f in fr]
+                _, w9, c9 = timed(fuse_burst, bare, BurstConfig(reference="first"), StageTimer())
+                rec.setdefault("fuse_burst, no NoiseProfile (noise measured, burst realigned if needed)",
+                               []).append((w9, c9))
     return {k: {"wall_ms": float(np.median([w for w, _ in v])), "cpu_ms": float(np.median([c for _, c in v])),
                 "runs": len(v)} for k, v in rec.items()}
 
@@ -263,9 +373,10 @@ def child_12mp(data: str, n: int, frames: int, seed: int, out: str) -> None:
         b, _, _ = timed(synthesize_burst, img, frames, np.random.default_rng([seed, 12, k]), KPN_GAINS[4],
                         SYNTHETIC_BURST_MOTION, size=size, keep_clean=False)
         nm = noise_model(b.noise)
-        g, wg, cg = timed(grey, b.noisy)
-        al, wa, ca = timed(align, g, 0, nm)
-        merged, wm, cm = timed(merge, b.noisy, al, nm)
+        (g, wg, cg), rss_grey = peak_rss_during(timed, grey, b.noisy)
+        (al, wa, ca), rss_align = peak_rss_during(timed, align, g, 0, nm)
+        (merged, wm, cm), rss_merge = peak_rss_during(timed, merge, b.noisy, al, nm)
+        res["ours_peak_rss_mib"] = max(res.get("ours_peak_rss_mib", 0.0), rss_grey, rss_align, rss_merge)
         dis, wd, cd = timed(align, g, 0, nm, AlignConfig(method="dis"))
         robust, wr, cr = timed(merge, b.noisy, dis, nm, MergeConfig(method="robust"))
         res["epe"].append([end_point_error(b, al, 16), end_point_error(b, dis, 16)])
@@ -350,6 +461,12 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
 
     quality = quality_640(images, gains, args.frames, args.seed)
+    noise = None
+    if args.noise_images > 0:
+        noise = noise_quality({"Kodak24": (images, (640, 480)),
+                               f"BSDS500 test, {args.noise_images} most textured": (texture_set(data, args.noise_images),
+                                                                                   (480, 320))},
+                              gains, args.frames, args.seed)
     ghosts = ghosting(images, args.seed)
     speed_640 = speed(images[:5], args.frames, (640, 480), args.timing_runs, args.seed)
     peak_640 = peak_rss_mib()
@@ -370,8 +487,8 @@ def run(args: argparse.Namespace) -> int:
     load_end = os.getloadavg()
 
     sections = report_sections(quality, ghosts, speed_640, peak_640, big, live, gains, args, load_start, load_end,
-                               raft, profile)
-    data_out = {"quality_640": quality, "ghosting": ghosts, "speed_640": speed_640, "peak_rss_640_mib": peak_640,
+                               raft, profile, noise)
+    data_out = {"quality_640": quality, "noise": noise, "ghosting": ghosts, "speed_640": speed_640, "peak_rss_640_mib": peak_640,
                 "twelve_mp": big, "live": live, "gains": gains, "frames": args.frames, "images": len(images),
                 "load_average_start": load_start, "load_average_end": load_end,
                 "raft_small": raft, "merge_profile": profile, "seconds": time.monotonic() - t0}
@@ -381,8 +498,46 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def noise_section(noise: dict, gains) -> str:
+    """The noise rows: merged PSNR per way of getting the noise, images worse than the reference,
+    and the measured noise over the true."""
+    body = []
+    for set_name, per_gain in noise.items():
+        rows = []
+        for r in NOISE_ROWS:
+            cells = []
+            for g in gains:
+                x = per_gain[g]
+                worse = x["worse_than_reference"].get(r)
+                cells.append(f"{x['psnr'][r]:.2f}" + (f" ({worse} worse)" if worse else ""))
+            rows.append([r] + cells)
+        true_row, measured_row = NOISE_ROWS[1], NOISE_ROWS[4]
+        gaps = ", ".join(f"gain {g} {per_gain[g]['psnr'][measured_row] - per_gain[g]['psnr'][true_row]:+.2f} dB"
+                         for g in gains)
+        n = per_gain[gains[0]]["images"]
+        body.append(f"**{set_name}** ({n} images): mean linear PSNR (dB), and how many images the row merged to worse "
+                    f"than their own reference frame.\n\n"
+                    + markdown_table(["noise model"] + [f"gain {g}" for g in gains], rows)
+                    + f"\n\nMeasured noise against the true noise: {gaps}.")
+        rows = []
+        for g in gains:
+            x = per_gain[g]
+            rows.append([f"gain {g}"] + [" / ".join(f"{v:.2f}" for v in x["ratio_mean"][k]) + " (worst "
+                                         + " / ".join(f"{v:.2f}" for v in x["ratio_worst"][k]) + ")"
+                                         for k in ("burst", "single frame")])
+        body.append(markdown_table(["", "measured from the burst: variance / true at x = "
+                                    + " / ".join(map(str, NOISE_LEVELS)), "single-frame estimate (before)"], rows))
+    body.append("Bursts as above (8 frames, SyntheticBurst motion), written as 12-bit frames (black 256, white "
+                "4095: noise below black is clipped, as a DNG holds it) with the true NoiseProfile, one 8x too high, "
+                "or none. The texture set is the BSDS500 test photos with the highest mean squared gradient, at their "
+                "own 480x320. The measured noise (engine/burst/noise.py) comes from phase-matched frame pairs; the "
+                "single-frame estimate is the high-pass MAD of the reference frame alone, which the burst path used "
+                "when a DNG had no NoiseProfile.")
+    return "\n\n".join(body)
+
+
 def report_sections(quality, ghosts, speed_640, peak_640, big, live, gains, args, load_start, load_end, raft=None,
-                    profile=None):
+                    profile=None, noise=None):
     n = args.images
     sections = []
     sections.append(("Conditions", (
@@ -417,6 +572,8 @@ def report_sections(quality, ghosts, speed_640, peak_640, big, live, gains, args
         "gamma 1/2.2: KPN), SSIM after gamma, 8-pixel border ignored. Baselines: " + ", ".join(BASELINES) +
         ". Ours over the best baseline (linear PSNR): " + ", ".join(f"gain {g} {margin[g]:+.2f} dB" for g in gains) +
         ". Ours uses the default MergeConfig (16x16 tiles, stride 8, Wiener strength 8, spatial 3, bicubic sampling)."))
+    if noise:
+        sections.append(("The noise the merge uses", noise_section(noise, gains)))
     rows = [[m] + [f"{ghosts[g][m]:.4f}" for g in ghosts] for m in ghosts[next(iter(ghosts))]]
     sections.append(("Moving object (ghosting)", markdown_table(
         ["method"] + [f"RMSE on the object's path, gain {g}" for g in ghosts], rows) +
@@ -465,8 +622,10 @@ def report_sections(quality, ghosts, speed_640, peak_640, big, live, gains, args
         sections.append(("12 MP (4032x3024)", markdown_table(["stage (8 frames, 12 MP)", "wall ms", "CPU ms"], rows) +
             f"\n\n{len(big['images'])} Kodak images ({', '.join(big['images'])}) magnified 5.9x, gain 4, timed after one "
             f"untimed burst (kernels loaded, the process's memory touched). Align + merge "
-            f"{total / 1000:.1f} s wall (target <= 2 s). Peak resident memory of that process {big['peak_rss_mib']:.0f} "
-            f"MiB (the burst itself, 8 frames x 4 planes x 3 MP float32, is 390 MiB). Quality (PSNR linear / gamma): {q}. "
+            f"{total / 1000:.2f} s wall (target <= 2 s). Peak resident memory while ours aligned and merged "
+            f"{big.get('ours_peak_rss_mib', float('nan')):.0f} MiB (target < 1.5 GB; sampled every 5 ms, the burst "
+            f"itself, 8 frames x 4 planes x 3 MP float32, is 390 MiB of it); of the whole process, baselines "
+            f"included, {big['peak_rss_mib']:.0f} MiB. Quality (PSNR linear / gamma): {q}. "
             f"EPE tiles / DIS: " + ", ".join(f"{a:.3f} / {b:.3f}" for a, b in big["epe"]) +
             " px (magnified photos are smooth, so these are easy scenes)."))
     if live:

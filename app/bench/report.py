@@ -53,6 +53,30 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_rss_during(fn, *args, interval_s: float = 0.005, **kw) -> tuple[Any, float]:
+    """(fn(*args, **kw), the highest resident memory in MiB seen while it ran): sampled by a thread
+    every `interval_s`, so the process's earlier peaks (making the input, say) do not count."""
+    import threading
+
+    proc = psutil.Process()
+    peak = [proc.memory_info().rss]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(interval_s):
+            peak[0] = max(peak[0], proc.memory_info().rss)
+
+    sampler = threading.Thread(target=sample, name="rss-sampler", daemon=True)
+    sampler.start()
+    try:
+        out = fn(*args, **kw)
+    finally:
+        done.set()
+        sampler.join(10.0)
+    peak[0] = max(peak[0], proc.memory_info().rss)
+    return out, peak[0] / 2**20
+
+
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, float):

@@ -47,10 +47,11 @@ PHASES = (0.1, 0.2, 0.35, 0.5)  # plane pixels: how close to whole pixels a pair
 # be, in both axes; the next is tried when too few tiles pass (a burst that only translates has
 # one phase per pair, and in an 8-frame burst no pair may come within 0.1)
 PAIRS = 8  # the best-phased pairs used per tile
+LEAK = 0.1  # a bin this far above the fitted line (relative) is taken to carry more than noise
 FLAT = 1.5  # a tile whose mean's structure exceeds this many times the noise variance is not flat
 QUANTILE = 0.25  # of each level bin's tile estimates: misalignment only adds variance
 MAX_TILES = 4800  # 8x8 tiles looked at, at most (a 640x480 frame's planes have 1200)
-MIN_TILES = 24  # usable tiles a plane needs before its burst estimate is trusted
+MIN_TILES = 24  # usable tiles (of all planes) the burst estimate needs, and a level bin
 BINS = 12
 DISAGREE = 4.0  # a metadata profile this far from the measured one (either way) is reported
 NOISE_MODES = ("auto", "metadata", "estimate")
@@ -168,28 +169,39 @@ def estimate_noise_burst(stack: np.ndarray, alignment: Alignment, floor: float =
     """variance = S * x + O per plane, from the aligned burst's phase-matched frame differences
     (module docstring). stack: (N, 4, h, w) normalised planes; floor: the lowest value the sensor
     records (normalised: -black / (white - black)), near which noise is clipped away. None when
-    the burst cannot say (fewer than MIN_TILES usable tiles in some plane)."""
+    the burst cannot say (fewer than MIN_TILES usable tiles). The same model for every plane."""
     if stack.shape[0] < 2:
         return None
     for phase in PHASES:
         estimate, level, structure = phase_matched_differences(stack, alignment, phase)
-        if min(np.isfinite(estimate[:, p]).sum() for p in range(4)) >= MIN_TILES:
+        if np.isfinite(estimate).sum() >= MIN_TILES:
             break
     else:
         return None
     correction = _quantile_of_pure_noise(QUANTILE, TILE * TILE - 1)
-    scales, offsets = [], []
-    for p in range(4):
-        good = np.isfinite(estimate[:, p])
-        xs, vs, ws = _binned_quantile(level[good, p], estimate[good, p], structure[good, p], correction)
-        vs = unclip(xs, vs, floor)
-        keep = xs - np.sqrt(vs) > floor  # closer, the clip leaves too little of the noise to correct
-        if keep.any():
-            xs, vs, ws = xs[keep], vs[keep], ws[keep]
-        s, o = _fit_line(xs, vs, ws)
-        scales.append(s)
-        offsets.append(o)
-    return NoiseModel(tuple(scales), tuple(offsets), estimated=True)  # type: ignore[arg-type]
+    # One line for the four planes: a raw sample's noise depends on the light it counted, not on
+    # the colour filter it came through. Pooled, the planes' different brightness (red and blue
+    # under other light than green) also widens the range of levels the slope rests on.
+    good = np.isfinite(estimate)
+    xs, vs, ws = _binned_quantile(level[good], estimate[good], structure[good], correction)
+    vs = unclip(xs, vs, floor)
+    keep = xs - np.sqrt(vs) > floor  # closer, the clip leaves too little of the noise to correct
+    if keep.any():
+        xs, vs, ws = xs[keep], vs[keep], ws[keep]
+    s, o = _fit_lower_line(xs, vs, ws)
+    return NoiseModel((s,) * 4, (o,) * 4, estimated=True)
+
+
+def _fit_lower_line(x: np.ndarray, v: np.ndarray, w: np.ndarray, iterations: int = 4) -> tuple[float, float]:
+    """variance = s x + o through the bins, from below: what leaks into a bin (an edge, a flow
+    error) only raises it, so a bin more than LEAK above the line loses weight, and the line is
+    fitted again."""
+    weight = w.astype(np.float64)
+    s, o = _fit_line(x, v, weight)
+    for _ in range(iterations):
+        excess = np.maximum(v / np.maximum(s * x + o, 1e-30) - 1.0, 0.0) / LEAK
+        s, o = _fit_line(x, v, w / (1.0 + excess * excess))
+    return s, o
 
 
 def _binned_quantile(x: np.ndarray, v: np.ndarray, structure: np.ndarray,
