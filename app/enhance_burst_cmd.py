@@ -49,6 +49,10 @@ def add_parser(subparsers) -> None:
                    help="the noise model the merge uses: auto (the DNG's NoiseProfile, unless the burst itself "
                         "shows noise more than 4x off either way; measured from the burst when there is none; "
                         "default), metadata (the NoiseProfile whenever there is one), estimate (always measured)")
+    p.add_argument("--refine", choices=("off", "regressor", "teacher"), default="off",
+                   help="after the merge, a learned refinement in a RAW latent space: regressor (one pass) or "
+                        "teacher (the latent diffusion model, --steps steps; slow, offline); default off")
+    p.add_argument("--steps", type=int, default=50, help="the teacher's sampler steps (default 50)")
     p.add_argument("--on-mismatch", choices=("raise", "exclude"), default="raise",
                    help="frames of another size, pattern or exposure: stop (default) or leave them out")
     p.add_argument("--preview", type=Path, default=None, help="also write a PNG of the merged frame through the ISP")
@@ -127,6 +131,15 @@ def enhance_burst(args: argparse.Namespace) -> str:
                           on_mismatch=args.on_mismatch, noise=args.noise)
     except ValueError as exc:
         raise BurstCommandError(str(exc)) from exc
+    refiner = None
+    if args.refine != "off":
+        from engine.burst.refine import BurstRefiner, RefineConfig
+        from engine.manifest import WeightsError
+
+        try:
+            refiner = BurstRefiner(RefineConfig(args.refine, args.steps))
+        except (ValueError, WeightsError) as exc:
+            raise BurstCommandError(str(exc)) from exc
     timer = StageTimer()
     with timer.stage("first-run compile"):  # numba's, once per machine (cached after): kept out of the stages
         prepare_for_bursts(cfg, announce=lambda msg: print(f"eyefuse enhance-burst: {msg}", file=sys.stderr))
@@ -139,6 +152,11 @@ def enhance_burst(args: argparse.Namespace) -> str:
         raise BurstCommandError(f"{exc} (frames: {names})") from exc
     for i, why in fused.excluded:
         print(f"eyefuse enhance-burst: left out {paths[i]}: {why}", file=sys.stderr)
+    if refiner is not None:
+        with timer.stage("refine"):
+            fused.planes = refiner.refine(fused)
+        if refiner.last_note:
+            print(f"eyefuse enhance-burst: {refiner.last_note}", file=sys.stderr)
     for note in fused.warnings:
         if fused.noise_report is None or note != fused.noise_report.describe():  # said in the summary
             print(f"eyefuse enhance-burst: {note}", file=sys.stderr)

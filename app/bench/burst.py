@@ -45,6 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--live-frames", type=int, default=500, help="results to show in the live run (0: skip)")
     p.add_argument("--noise-images", type=int, default=24,
                    help="images per set for the noise rows (Kodak24 and the most textured BSDS500 test photos; 0: skip)")
+    p.add_argument("--no-refine", dest="refine", action="store_false",
+                   help="leave out the learned refinement rows (they need weights/burst_* models)")
+    p.add_argument("--only", choices=("all", "refine", "noise", "speed"), default="all",
+                   help="run one part alone (its results go to burst_<part>.md, the full run's file is untouched)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -250,6 +254,81 @@ def _stack(frames) -> np.ndarray:
     return np.stack([normalise(f.pixels, f.raw) for f in frames])
 
 
+REFINE_ROWS = ("merge (ours)", "merge + regressor control", "merge + teacher, 50 steps", "autoencoder ceiling")
+
+
+def refine_quality(images, gains, frames: int, seed: int, teacher_steps: int = 50) -> dict | None:
+    """The learned refinement beside the merge, on the same bursts: the regressor control, the
+    diffusion teacher (teacher_steps sampler steps) and the autoencoder's ceiling D(E(clean), merge);
+    linear and gamma PSNR, gamma SSIM per gain, ms per 640x480 burst, model sizes. None (with the
+    reason printed) when the refinement's weights are not there."""
+    from engine.burst.fusion import BurstConfig, fuse_burst
+    from engine.burst.refine import BurstRefiner, RefineConfig, pad_to_latent
+    from engine.manifest import WeightsError, load_manifest
+    from engine.runtime import load_model
+    from trainers.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, burst_frames, score, synthesize_burst
+
+    try:
+        regressor = BurstRefiner(RefineConfig("regressor"))
+        teacher = BurstRefiner(RefineConfig("teacher", teacher_steps))
+        encoder, decoder = load_model("burst_raw_encoder").session, load_model("burst_raw_decoder").session
+    except WeightsError as exc:
+        print(f"refinement rows skipped: {exc}", flush=True)
+        return None
+    out: dict = {"scores": {}, "ms": {r: [] for r in REFINE_ROWS}, "sizes_bytes": {}}
+    for name, entry in load_manifest().items():
+        if entry.kind == "burst_refine":
+            out["sizes_bytes"][name] = entry.bytes
+    for gain in gains:
+        rows: dict[str, list] = {r: [] for r in REFINE_ROWS}
+        for k, (name, img) in enumerate(images):
+            b = synthesize_burst(img, frames, np.random.default_rng([seed, 21, gain, k]), KPN_GAINS[gain],
+                                 SYNTHETIC_BURST_MOTION, size=(640, 480), name=name)
+            fused, ms, _ = timed(fuse_burst, burst_frames(b), BurstConfig(reference="first", lens="off"))
+            reg, ms_reg, _ = timed(regressor.refine, fused)
+            tea, ms_tea, _ = timed(teacher.refine, fused)
+            merged_pad, (h, w) = pad_to_latent(fused.planes)
+            clean_pad, _ = pad_to_latent(b.clean[0])
+            t0 = time.perf_counter()
+            z = encoder.run(None, {"planes": clean_pad[None]})[0]
+            ceiling = decoder.run(None, {"latent": z, "merged": merged_pad[None]})[0][0, :, :h, :w]
+            ms_ceiling = (time.perf_counter() - t0) * 1e3
+            for row, planes, t in ((REFINE_ROWS[0], fused.planes, ms), (REFINE_ROWS[1], reg, ms_reg),
+                                   (REFINE_ROWS[2], tea, ms_tea), (REFINE_ROWS[3], ceiling, ms_ceiling)):
+                s_ = score(planes, b.clean[0], BORDER)
+                rows[row].append([s_.psnr_linear, s_.psnr_gamma, s_.ssim_gamma])
+                if k:  # the first burst of each gain warms the sessions up
+                    out["ms"][row].append(t)
+        out["scores"][gain] = {r: np.mean(v, axis=0).tolist() for r, v in rows.items()}
+        sc = out["scores"][gain]
+        print(f"refine gain {gain}: merge {sc[REFINE_ROWS[0]][1]:.2f}, regressor {sc[REFINE_ROWS[1]][1]:.2f}, teacher "
+              f"{sc[REFINE_ROWS[2]][1]:.2f}, ceiling {sc[REFINE_ROWS[3]][1]:.2f} dB gamma", flush=True)
+    out["ms"] = {r: float(np.median(v)) for r, v in out["ms"].items()}
+    out["teacher_steps"] = teacher_steps
+    return out
+
+
+def refine_section(refine: dict, gains) -> str:
+    rows = []
+    for r in REFINE_ROWS:
+        rows.append([r] + [" / ".join(f"{v:.2f}" if i < 2 else f"{v:.3f}" for i, v in enumerate(refine["scores"][g][r]))
+                           for g in gains] + [f"{refine['ms'][r]:.0f}"])
+    merge = {g: refine["scores"][g][REFINE_ROWS[0]][1] for g in gains}
+    gaps = "; ".join(f"gain {g}: regressor {refine['scores'][g][REFINE_ROWS[1]][1] - merge[g]:+.2f}, teacher "
+                     f"{refine['scores'][g][REFINE_ROWS[2]][1] - merge[g]:+.2f}, ceiling "
+                     f"{refine['scores'][g][REFINE_ROWS[3]][1] - merge[g]:+.2f} dB" for g in gains)
+    sizes = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sorted(refine["sizes_bytes"].items()))
+    total = sum(refine["sizes_bytes"].values()) / 1e6
+    return (markdown_table(["8 x 640x480 Kodak24 bursts"] + [f"gain {g}: PSNR lin / gamma / SSIM gamma" for g in gains]
+                           + ["ms per burst (median)"], rows)
+            + f"\n\nOver the merge (gamma PSNR): {gaps}. The merge row's time is the whole fuse_burst (raw, align, "
+            f"noise check, merge); the others' are the refinement alone, after it (the teacher: "
+            f"{refine['teacher_steps']} sampler steps, the encoder and decoder once; the ceiling: the encoder on the "
+            f"clean planes and the decoder over the merge, what a perfect latent would give). Models: {sizes} "
+            f"({total:.2f} MB in all). Bursts as in the merge quality table (other noise draws). MFIR (a learned "
+            f"burst denoiser trained for it) reports 42.2 / 39.1 / 35.8 / 32.5 dB gamma on this protocol.")
+
+
 def timed(fn, *args, **kw):
     """(result, wall ms, CPU ms of the whole process)."""
     w0, c0 = time.perf_counter(), time.process_time()
@@ -287,6 +366,8 @@ def speed(images, frames: int, size: tuple[int, int], runs: int, seed: int) -> d
                               ("align DIS", w4, c4), ("merge Wiener, linear sampling, no spatial", w5, c5),
                               ("merge robust", w6, c6)):
                 rec.setdefault(key, []).append((w, c))
+            _, w10, c10 = timed(merge, b.noisy, al, nm, MergeConfig(guard=False))
+            rec.setdefault("merge Wiener without the reference guard (the merge before it)", []).append((w10, c10))
             _, w8, c8 = timed(estimate_noise_burst, b.noisy, al)
             rec.setdefault("noise measured from the burst", []).append((w8, c8))
             if fr is not None:
@@ -457,16 +538,14 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data)
     gains = tuple(int(g) for g in args.gains.split(","))
     images = kodak(data, args.images)
+    if args.only != "all":
+        return run_part(args, data, gains, images)
     load_start = os.getloadavg()
     t0 = time.monotonic()
 
     quality = quality_640(images, gains, args.frames, args.seed)
-    noise = None
-    if args.noise_images > 0:
-        noise = noise_quality({"Kodak24": (images, (640, 480)),
-                               f"BSDS500 test, {args.noise_images} most textured": (texture_set(data, args.noise_images),
-                                                                                   (480, 320))},
-                              gains, args.frames, args.seed)
+    noise = noise_rows(args, data, gains, images)
+    refine = refine_quality(images, gains, args.frames, args.seed) if args.refine else None
     ghosts = ghosting(images, args.seed)
     speed_640 = speed(images[:5], args.frames, (640, 480), args.timing_runs, args.seed)
     peak_640 = peak_rss_mib()
@@ -487,13 +566,56 @@ def run(args: argparse.Namespace) -> int:
     load_end = os.getloadavg()
 
     sections = report_sections(quality, ghosts, speed_640, peak_640, big, live, gains, args, load_start, load_end,
-                               raft, profile, noise)
-    data_out = {"quality_640": quality, "noise": noise, "ghosting": ghosts, "speed_640": speed_640, "peak_rss_640_mib": peak_640,
-                "twelve_mp": big, "live": live, "gains": gains, "frames": args.frames, "images": len(images),
-                "load_average_start": load_start, "load_average_end": load_end,
+                               raft, profile, noise, refine)
+    data_out = {"quality_640": quality, "noise": noise, "refine": refine, "ghosting": ghosts, "speed_640": speed_640,
+                "peak_rss_640_mib": peak_640, "twelve_mp": big, "live": live, "gains": gains, "frames": args.frames,
+                "images": len(images), "load_average_start": load_start, "load_average_end": load_end,
                 "raft_small": raft, "merge_profile": profile, "seconds": time.monotonic() - t0}
     path = write_results("burst", "Burst path benchmark", sections, data_out, out_dir=args.out_dir,
                          command="eyefuse bench burst " + " ".join(sys.argv[3:]) if len(sys.argv) > 3 else "")
+    print(path.read_text())
+    return 0
+
+
+def noise_rows(args, data: Path, gains, images) -> dict | None:
+    if args.noise_images <= 0:
+        return None
+    return noise_quality({"Kodak24": (images, (640, 480)),
+                          f"BSDS500 test, {args.noise_images} most textured": (texture_set(data, args.noise_images),
+                                                                              (480, 320))},
+                         gains, args.frames, args.seed)
+
+
+def run_part(args, data: Path, gains, images) -> int:
+    """One part of the benchmark alone (--only), written to burst_<part>.md/.json."""
+    load_start = os.getloadavg()
+    t0 = time.monotonic()
+    sections, out = [], {}
+    if args.only == "refine":
+        refine = refine_quality(images, gains, args.frames, args.seed)
+        if refine is None:
+            return 2
+        sections.append(("Learned refinement after the merge", refine_section(refine, gains)))
+        out["refine"] = refine
+    elif args.only == "noise":
+        noise = noise_rows(args, data, gains, images)
+        sections.append(("The noise the merge uses", noise_section(noise, gains)))
+        out["noise"] = noise
+    else:
+        speed_640 = speed(images[:5], args.frames, (640, 480), args.timing_runs, args.seed)
+        rows = [[k, f"{v['wall_ms']:.1f}", f"{v['cpu_ms']:.1f}", v["runs"]] for k, v in speed_640.items()]
+        sections.append(("Speed at 640x480", markdown_table(["stage (8 frames, 640x480)", "wall ms (median)",
+                                                              "CPU ms (median)", "runs"], rows)))
+        out["speed_640"] = speed_640
+    load_end = os.getloadavg()
+    sections.insert(0, ("Conditions", f"`--only {args.only}` of `eyefuse bench burst`: Kodak24 ({len(images)} images) "
+                                      f"at 640x480, {args.frames}-frame bursts, gains {', '.join(map(str, gains))}, seed "
+                                      f"{args.seed}. 1-minute load average {load_start[0]:.1f} at the start and "
+                                      f"{load_end[0]:.1f} at the end."))
+    out.update({"gains": gains, "seconds": time.monotonic() - t0, "load_average_start": load_start,
+                "load_average_end": load_end})
+    path = write_results(f"burst_{args.only}", f"Burst path benchmark: {args.only}", sections, out,
+                         out_dir=args.out_dir, command="eyefuse bench burst " + " ".join(sys.argv[3:]))
     print(path.read_text())
     return 0
 
@@ -537,7 +659,7 @@ def noise_section(noise: dict, gains) -> str:
 
 
 def report_sections(quality, ghosts, speed_640, peak_640, big, live, gains, args, load_start, load_end, raft=None,
-                    profile=None, noise=None):
+                    profile=None, noise=None, refine=None):
     n = args.images
     sections = []
     sections.append(("Conditions", (
@@ -574,6 +696,8 @@ def report_sections(quality, ghosts, speed_640, peak_640, big, live, gains, args
         ". Ours uses the default MergeConfig (16x16 tiles, stride 8, Wiener strength 8, spatial 3, bicubic sampling)."))
     if noise:
         sections.append(("The noise the merge uses", noise_section(noise, gains)))
+    if refine:
+        sections.append(("Learned refinement after the merge", refine_section(refine, gains)))
     rows = [[m] + [f"{ghosts[g][m]:.4f}" for g in ghosts] for m in ghosts[next(iter(ghosts))]]
     sections.append(("Moving object (ghosting)", markdown_table(
         ["method"] + [f"RMSE on the object's path, gain {g}" for g in ghosts], rows) +
