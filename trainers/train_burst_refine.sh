@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The learned burst refinement's weights, from nothing, on this CPU (each stage resumable: run the
+# same line again after an interruption and it goes on from its checkpoint in runs/).
+#   1. data: 6144 BSDS500 bursts (+256 from BSDS500 val), about 5 min, 1.6 GB in ~/.cache/eyefuse
+#   2. the RAW autoencoder, 12000 steps
+#   3. the diffusion teacher and 4. the regressor control: the same wall-time budget each
+#   5. ONNX graphs and manifest entries in weights/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+BUDGET=${BUDGET:-25}   # minutes of training each for the teacher and the regressor
+$PY -m trainers.burst_refine_data --samples 6144 --val-samples 256
+$PY -m trainers.train_raw_vae --steps 12000 --eval-every 500
+$PY -m trainers.train_diffusion --objective diffusion --steps 100000 --budget "$BUDGET" --eval-every 500
+$PY -m trainers.train_diffusion --objective regress --steps 100000 --budget "$BUDGET" --eval-every 500
+$PY -m trainers.export_refine
