@@ -3,7 +3,31 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, without changing it where the OS can say (Linux: /proc/self/status);
+    elsewhere by setting and restoring it, under a lock, so no other caller here sees it changed."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def new_file_mode() -> int:
+    """The mode open() gives a new file: 0666 less the umask (mkstemp's files are 0600)."""
+    return 0o666 & ~current_umask()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -11,11 +35,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
     Raises OSError (ENOSPC on a full disk) with nothing left under `path` or the temp name.
     Encoders that write files themselves may not check the final flush (cv2.imwrite doesn't), so
-    encode to memory and write through here.
+    encode to memory and write through here. The file gets the mode a plain open() would give it
+    (the umask honoured), not mkstemp's private 0600.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
