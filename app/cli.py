@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "enhance": "app.enhance_cmd",
     "enhance-burst": "app.enhance_burst_cmd",
     "live": "app.live_cmd",
+    "models": "app.models_cmd",
     "bench": "app.bench",
 }
 

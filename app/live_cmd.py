@@ -43,7 +43,26 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def check_model_args(args: argparse.Namespace) -> str | None:
+    """Why --model/--steps cannot run as given (a message naming what exists), or None."""
+    from engine.processor import STEP_PROCESSORS, processor_names
+
+    names = processor_names(args.weights_dir)
+    if args.model not in names:
+        return (f"no processor or model named {args.model!r}; choose one of: {', '.join(names)} "
+                f"(`eyefuse models` lists them with their sizes)")
+    if args.steps is not None and args.model not in STEP_PROCESSORS:
+        having = ", ".join(sorted(STEP_PROCESSORS)) or "none yet"
+        return (f"--steps {args.steps}: {args.model!r} has no step count (processors with one: {having}); "
+                f"leave --steps out")
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    problem = check_model_args(args)
+    if problem:
+        print(f"eyefuse live: {problem}", file=sys.stderr)
+        return 2
     config = PipelineConfig(source=args.source, processor=args.model,
                             source_options=SourceOptions(realtime=not args.fast))
     if not args.headless:

@@ -199,6 +199,10 @@ BUILTIN: dict[str, Callable[[], Processor]] = {
 }
 
 
+# Processors whose `steps` can be set (the window's step control and `--steps` act on these only).
+STEP_PROCESSORS: frozenset[str] = frozenset()
+
+
 def processor_names(weights_dir: Path | str | None = None) -> list[str]:
     """Names make_processor accepts: the built-ins, then every "sr" model whose file is present."""
     from engine.manifest import WEIGHTS_DIR
