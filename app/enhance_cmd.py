@@ -23,6 +23,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from capture.atomic import new_file_mode
 from capture.frame import Frame, PixelFormat
 from engine.manifest import WEIGHTS_DIR, WeightsError
 from engine.processor import ProcessingError, Processor, Result
@@ -60,22 +61,36 @@ class EnhanceSummary:
     seconds: float = 0.0
     stages: dict[str, list[float]] = field(default_factory=dict)  # stage -> ms per frame
     failed: list[str] = field(default_factory=list)  # folder mode: files that could not be done, with why
+    skipped: list[str] = field(default_factory=list)  # folder mode: files that are not images we read
+    sizes: collections.Counter = field(default_factory=collections.Counter)  # output (w, h) -> frames
+    partial: str | None = None  # a video written with --allow-partial from a truncated input: what it holds
 
     def add(self, result: Result) -> None:
         self.frames += 1
         self.size = (result.output.shape[1], result.output.shape[0])
+        self.sizes[self.size] += 1
         for name, ms in result.stages.items():
             self.stages.setdefault(name, []).append(ms)
 
     def describe(self) -> str:
-        parts = [f"wrote {self.output}: {self.frames} frame{'s' * (self.frames != 1)}"]
-        if self.size:
+        unit = "image" if self.fps is None and (self.failed or self.skipped or len(self.sizes) > 1) else "frame"
+        parts = [f"wrote {self.output}: {self.frames} {unit}{'s' * (self.frames != 1)}"]
+        if self.failed:
+            parts.append(f"{len(self.failed)} failed")
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} skipped (not images: {', '.join(self.skipped[:3])}"
+                         f"{' ...' if len(self.skipped) > 3 else ''})")
+        if len(self.sizes) > 1:
+            parts.append("sizes " + ", ".join(f"{w}x{h} ({n})" for (w, h), n in sorted(self.sizes.items())))
+        elif self.size:
             parts.append(f"{self.size[0]}x{self.size[1]}")
         if self.fps is not None:
             parts.append(f"at {float(self.fps):.3f} fps ({self.codec})")
         if self.stages:
             parts.append("median " + ", ".join(f"{k} {statistics.median(v):.1f} ms" for k, v in self.stages.items()))
         parts.append(f"{self.seconds:.1f} s total")
+        if self.partial:
+            parts.append(f"PARTIAL ({self.partial})")
         return ", ".join(parts)
 
 
@@ -98,6 +113,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--backend", choices=("auto", "av", "opencv"), default="auto",
                    help="video decode/encode library (default: PyAV, OpenCV if PyAV is missing)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="a video that ends before the frames its container promises (a truncated file) is "
+                        "written with the frames it has instead of failing")
     p.set_defaults(run=run)
 
 
@@ -110,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         summary = enhance_path(args.input, args.output, processor, codec=args.codec, backend=args.backend,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, allow_partial=args.allow_partial)
     except EnhanceError as exc:
         print(f"eyefuse enhance: {exc}", file=sys.stderr)
         return 1
@@ -131,13 +149,27 @@ def _make_processor(name: str, weights_dir: Path, threads: int | None) -> Proces
 
 
 # -- what goes where ----------------------------------------------------------------------------
+RAW_EXTS = {".dng"}
+
+
 def input_kind(src: Path) -> str:
     """'folder', 'image' or 'video' (anything else is tried as a video and named if it fails)."""
     if src.is_dir():
         return "folder"
     if not src.exists():
         raise EnhanceError(f"input {src} does not exist")
+    if src.suffix.lower() in RAW_EXTS:
+        raise EnhanceError(f"{src} is a RAW DNG: `enhance` takes images ({', '.join(sorted(IMAGE_EXTS))}) and "
+                           f"videos. Merge and denoise RAW frames with `eyefuse enhance-burst {src} -o OUT.dng` "
+                           f"(a folder or a glob of DNGs for a burst)")
     return "image" if src.suffix.lower() in IMAGE_EXTS else "video"
+
+
+def check_writable(folder: Path) -> None:
+    """Raise EnhanceError naming `folder` when nothing can be written there (permissions, a
+    read-only mount), before any work is done."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise EnhanceError(f"cannot write to {folder}: the folder is read-only or not ours; choose another OUT")
 
 
 def plan_output(src: Path, dst: Path) -> Path:
@@ -150,6 +182,7 @@ def plan_output(src: Path, dst: Path) -> Path:
         if _same_path(src, dst):
             raise EnhanceError(f"OUT {dst} is the input folder {src}; the outputs would overwrite the inputs. "
                                f"Choose another folder.")
+        check_writable(dst if dst.exists() else dst.parent)
         return dst
     if dst.is_dir():  # a folder for one input: keep the input's name
         dst = dst / (src.name if kind == "image" else src.stem + ".mp4")
@@ -165,6 +198,7 @@ def plan_output(src: Path, dst: Path) -> Path:
                            f"use one of {', '.join(VIDEO_CODECS)}")
     if not dst.parent.is_dir():
         raise EnhanceError(f"output folder {dst.parent} does not exist; create it first")
+    check_writable(dst.parent)
     return dst
 
 
@@ -186,15 +220,20 @@ def atomic_output(dst: Path) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise EnhanceError(f"nothing was written for {dst}")
+        os.chmod(tmp, new_file_mode())  # encoders may create it 0600 like any temp file; OUT gets open()'s mode
         os.replace(tmp, dst)
+    except OSError as exc:
+        raise EnhanceError(f"cannot write {dst}: {exc.strerror or exc}") from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder: nothing to clean up, and no second error
+            tmp.unlink(missing_ok=True)
 
 
 # -- jobs ------------------------------------------------------------------------------------------
 def enhance_path(src: Path, dst: Path, processor: Processor, codec: str = "auto", backend: str = "auto",
-                 progress: bool = True) -> EnhanceSummary:
-    """Enhance IN into OUT with `processor`. Raises EnhanceError naming the file on failure."""
+                 progress: bool = True, allow_partial: bool = False) -> EnhanceSummary:
+    """Enhance IN into OUT with `processor`. Raises EnhanceError naming the file on failure (a video
+    that ends before the frames its container promises, too, unless `allow_partial`)."""
     src = Path(src)
     dst = plan_output(src, dst)
     t0 = time.monotonic()
@@ -205,18 +244,33 @@ def enhance_path(src: Path, dst: Path, processor: Processor, codec: str = "auto"
         summary = EnhanceSummary(dst)
         summary.add(enhance_image(src, dst, processor))
     else:
-        summary = enhance_video(src, dst, processor, codec, backend, progress)
+        summary = enhance_video(src, dst, processor, codec, backend, progress, allow_partial)
     summary.seconds = time.monotonic() - t0
     return summary
 
 
-def read_image(path: Path) -> Frame:
-    """An image file as a BGR8 Frame (grey, 16-bit and alpha images are converted by OpenCV)."""
+ALPHA_EXTS = {".png", ".tif", ".tiff", ".webp"}
+
+
+def read_image(path: Path) -> tuple[Frame, np.ndarray | None]:
+    """An image file as a BGR8 Frame, and its alpha channel (uint8, or None). Grey images become
+    BGR. 16-bit images are refused: the models take 8 bits, and writing 8 bits back would silently
+    throw away half of every sample."""
     data = np.fromfile(str(path), np.uint8)  # imdecode, unlike imread, works for any path encoding
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
         raise EnhanceError(f"cannot decode image {path}: it is empty, truncated or not an image OpenCV reads")
-    return Frame(bgr, 0, time.monotonic_ns(), str(path), PixelFormat.BGR8)
+    if img.dtype != np.uint8:
+        raise EnhanceError(f"{path} has {img.dtype.itemsize * 8}-bit samples; the models work on 8-bit images and "
+                           f"enhance does not write fewer bits than it read. Convert it to 8 bits first")
+    alpha = None
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 4:
+        alpha, img = img[..., 3], cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    elif img.shape[2] == 2:  # grey + alpha
+        alpha, img = img[..., 1], cv2.cvtColor(img[..., 0], cv2.COLOR_GRAY2BGR)
+    return Frame(np.ascontiguousarray(img), 0, time.monotonic_ns(), str(path), PixelFormat.BGR8), alpha
 
 
 def _run(processor: Processor, frames: list[Frame], path: Path, index: int | None = None) -> Result:
@@ -228,9 +282,16 @@ def _run(processor: Processor, frames: list[Frame], path: Path, index: int | Non
 
 
 def enhance_image(src: Path, dst: Path, processor: Processor) -> Result:
-    frame = read_image(src)
+    frame, alpha = read_image(src)
+    if alpha is not None and dst.suffix.lower() not in ALPHA_EXTS:
+        raise EnhanceError(f"{src} has an alpha channel, which {dst.suffix} files cannot hold; write "
+                           f"{', '.join(sorted(ALPHA_EXTS))} to keep it")
     result = _run(processor, [frame] * processor.frames_needed, src)  # a still is its own burst
-    ok, data = cv2.imencode(dst.suffix, result.output)
+    out = result.output
+    if alpha is not None:  # carried through, scaled as the picture was
+        h, w = out.shape[:2]
+        out = np.dstack([out, cv2.resize(alpha, (w, h), interpolation=cv2.INTER_CUBIC)])
+    ok, data = cv2.imencode(dst.suffix, out)
     if not ok:
         raise EnhanceError(f"OpenCV could not encode {dst} as {dst.suffix}")
     with atomic_output(dst) as tmp:
@@ -242,11 +303,13 @@ def enhance_folder(src: Path, dst: Path, processor: Processor, progress: bool) -
     """Every image directly in `src` -> same name in `dst`. A file that fails is reported and skipped."""
     from tqdm import tqdm
 
-    files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    entries = sorted(p for p in src.iterdir() if p.is_file())
+    files = [p for p in entries if p.suffix.lower() in IMAGE_EXTS]
     if not files:
         raise EnhanceError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) in folder {src}")
     dst.mkdir(parents=True, exist_ok=True)
     summary = EnhanceSummary(dst)
+    summary.skipped = [p.name for p in entries if p.suffix.lower() not in IMAGE_EXTS and not p.name.startswith(".")]
     for path in tqdm(files, desc=src.name, unit="image", disable=not progress, file=sys.stderr):
         try:
             summary.add(enhance_image(path, dst / path.name, processor))
@@ -257,7 +320,7 @@ def enhance_folder(src: Path, dst: Path, processor: Processor, progress: bool) -
 
 # -- video ---------------------------------------------------------------------------------------
 def enhance_video(src: Path, dst: Path, processor: Processor, codec: str = "auto", backend: str = "auto",
-                  progress: bool = True) -> EnhanceSummary:
+                  progress: bool = True, allow_partial: bool = False) -> EnhanceSummary:
     from tqdm import tqdm
 
     use_av = backend == "av" or (backend == "auto" and av is not None)
@@ -285,6 +348,13 @@ def enhance_video(src: Path, dst: Path, processor: Processor, codec: str = "auto
                         bar.update()
                 if writer is None:
                     raise EnhanceError(f"cannot decode video {src}: it has no frames")
+                missing = reader.missing_frames(summary.frames)
+                if missing and not allow_partial:
+                    raise EnhanceError(f"{src} ended after {summary.frames} of the {summary.frames + missing} frames its "
+                                       f"container promises (a truncated or damaged file); nothing was written. "
+                                       f"--allow-partial writes the {summary.frames} frames there are")
+                if missing:
+                    summary.partial = f"{summary.frames} of {summary.frames + missing} frames: the input is truncated"
                 writer.close()
                 writer = None
             finally:
@@ -323,8 +393,17 @@ class _AvReader:
         rate = self.stream.guessed_rate or self.stream.average_rate or self.stream.base_rate
         self.fps = Fraction(rate).limit_denominator(65535) if rate else DEFAULT_FPS
         self.frame_estimate = self.stream.frames or None
+        self.frames_exact = self.frame_estimate is not None  # the container's own count, not a guess
         if self.frame_estimate is None and self.stream.duration and self.stream.time_base:
             self.frame_estimate = round(float(self.stream.duration * self.stream.time_base * self.fps)) or None
+
+    def missing_frames(self, read: int) -> int:
+        """How many frames the container promised beyond the `read` decoded: exactly, from its frame
+        count; from its duration (a rounded estimate) only beyond a frame's slack."""
+        if self.frame_estimate is None:
+            return 0
+        short = self.frame_estimate - read
+        return short if short > (0 if self.frames_exact else 1) else 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
         i = 0
@@ -384,6 +463,11 @@ class _Cv2Reader:
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.fps = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else DEFAULT_FPS
         self.frame_estimate = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+
+    def missing_frames(self, read: int) -> int:
+        """Frames OpenCV's count promised beyond those read (its count can be off by one: slack of 1)."""
+        short = (self.frame_estimate or 0) - read
+        return short if short > 1 else 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
         while True:

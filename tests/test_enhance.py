@@ -172,3 +172,90 @@ def test_unknown_model_and_bad_output_type(tmp_path, weights, capsys):
     assert "no processor or model named 'nope' (choose from: bicubic, passthrough, burst_fusion, nearest" in capsys.readouterr().err
     assert cli(str(src), "-o", str(tmp_path / "o.xyz"), "--model", "bicubic") == 1
     assert "cannot write images of type '.xyz'" in capsys.readouterr().err
+
+
+# -- bad input that used to pass without a word ---------------------------------------------------
+def test_a_dng_is_pointed_to_enhance_burst(tmp_path, capsys):
+    (tmp_path / "frame.dng").write_bytes(b"II*\x00")
+    assert cli(str(tmp_path / "frame.dng"), "-o", str(tmp_path / "out.png")) == 1
+    err = capsys.readouterr().err
+    assert "RAW DNG" in err and "eyefuse enhance-burst" in err
+
+
+def test_sixteen_bit_images_are_refused_and_alpha_is_carried_through(tmp_path, capsys):
+    deep = (np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 17)
+    cv2.imwrite(str(tmp_path / "deep.png"), np.dstack([deep] * 3))
+    assert cli(str(tmp_path / "deep.png"), "-o", str(tmp_path / "deep_out.png"), "--model", "bicubic") == 1
+    assert "16-bit samples" in capsys.readouterr().err and not (tmp_path / "deep_out.png").exists()
+    rgba = np.zeros((48, 64, 4), np.uint8)
+    rgba[..., :3] = 120
+    rgba[:, 32:, 3] = 255  # the right half opaque
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    assert cli(str(tmp_path / "rgba.png"), "-o", str(tmp_path / "rgba_out.png"), "--model", "bicubic") == 0
+    out = cv2.imread(str(tmp_path / "rgba_out.png"), cv2.IMREAD_UNCHANGED)
+    assert out.shape == (96, 128, 4) and out[:, :60, 3].max() == 0 and out[:, 68:, 3].min() == 255
+    assert cli(str(tmp_path / "rgba.png"), "-o", str(tmp_path / "rgba_out.jpg"), "--model", "bicubic") == 1
+    assert "alpha channel" in capsys.readouterr().err
+
+
+def test_a_folder_summary_counts_every_outcome(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.png"), np.full((16, 16, 3), 100, np.uint8))
+    cv2.imwrite(str(src / "b.png"), np.full((24, 32, 3), 100, np.uint8))
+    (src / "c.png").write_bytes(b"broken")
+    (src / "notes.txt").write_text("not an image")
+    assert cli(str(src), "-o", str(tmp_path / "out"), "--model", "bicubic") == 1
+    captured = capsys.readouterr()
+    assert "2 images, 1 failed, 1 skipped (not images: notes.txt)" in captured.out
+    assert "sizes 32x32 (1), 64x48 (1)" in captured.out
+
+
+def test_a_truncated_video_is_an_error_unless_a_partial_output_is_asked_for(tmp_path, capsys):
+    src = tmp_path / "clip.mp4"
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(20)]  # noise: the frames fill the file
+    with av.open(str(src), "w", options={"movflags": "faststart"}) as c:  # the index first, as cameras write it
+        st = c.add_stream("mpeg4", rate=12)
+        st.width, st.height, st.pix_fmt = 128, 96, "yuv420p"
+        for f in frames:
+            c.mux(st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(st.encode(None))
+    data = src.read_bytes()
+    moov = data.find(b"moov")
+    assert 0 < moov < data.find(b"mdat"), "the index must come first for the cut to keep it"
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    assert cli(str(cut), "-o", str(tmp_path / "out.mp4"), "--model", "bicubic") == 1
+    err = capsys.readouterr().err
+    assert "of the 20 frames its container promises" in err and not (tmp_path / "out.mp4").exists()
+    assert cli(str(cut), "-o", str(tmp_path / "out.mp4"), "--model", "bicubic",
+               "--allow-partial") == 0
+    assert "PARTIAL" in capsys.readouterr().out and (tmp_path / "out.mp4").exists()
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder nothing can be written to: mode 0555 for a user; for root (whom modes do not stop,
+    and CI runs as root) a read-only tmpfs mounted there."""
+    import subprocess
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0:
+        ro.chmod(0o555)
+        yield ro
+        ro.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True).returncode:
+        pytest.skip("running as root where a read-only tmpfs cannot be mounted: no folder is read-only to root")
+    yield ro
+    subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_a_read_only_output_folder_is_one_clear_line(tmp_path, read_only_dir, capsys):
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), np.full((16, 16, 3), 100, np.uint8))
+    assert cli(str(img), "-o", str(read_only_dir / "out.png"), "--model", "bicubic") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write to {read_only_dir}" in err and not list(read_only_dir.iterdir())
