@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from capture.dng import BurstMismatch, load_burst, write_dng
+from capture.dng import load_burst, write_dng
 
 DEFAULT_BITS = 16
 
@@ -108,11 +108,16 @@ def enhance_burst(args: argparse.Namespace) -> str:
     t0 = time.monotonic()
     spec = args.inputs[0] if len(args.inputs) == 1 else args.inputs
     try:
-        loaded = load_burst(spec, on_mismatch=args.on_mismatch)
+        # every file is read, so one message can name every bad one (unreadable and mismatched)
+        loaded = load_burst(spec, on_mismatch="exclude")
     except FileNotFoundError as exc:
         raise BurstCommandError(str(exc)) from exc
-    except BurstMismatch as exc:
-        raise BurstCommandError(str(exc)) from exc
+    mismatched = [e for e in loaded.errors if "first good frame" in e.reason]
+    if mismatched and args.on_mismatch == "raise":
+        listed = "; ".join(f"{e.path.name}: {e.reason}" for e in loaded.errors)
+        raise BurstCommandError(f"{len(loaded.errors)} of {len(loaded.errors) + len(loaded.frames)} files cannot join "
+                                f"the burst: {listed}. Keep one camera mode per burst, or leave the odd frames "
+                                f"out with --on-mismatch exclude")
     for skipped in loaded.errors:
         print(f"eyefuse enhance-burst: skipped {skipped.path}: {skipped.reason}", file=sys.stderr)
     frames, paths = loaded.frames, loaded.paths
@@ -146,7 +151,7 @@ def enhance_burst(args: argparse.Namespace) -> str:
     if timer.stages["first-run compile"] < 1000.0:
         del timer.stages["first-run compile"]
     try:
-        fused = fuse_burst(frames, cfg, timer)
+        fused = fuse_burst(frames, cfg, timer, warn=False)  # its notes are printed below, once
     except (BurstError, ProcessingError) as exc:
         names = ", ".join(p.name for p in paths[:4]) + (" ..." if len(paths) > 4 else "")
         raise BurstCommandError(f"{exc} (frames: {names})") from exc

@@ -104,3 +104,25 @@ def test_enhance_burst_on_shifted_noisy_copies_of_a_real_dng_crop(tmp_path, shar
     with rawpy.imread(str(out)) as r:
         assert np.array_equal(r.raw_image_visible, merged.pixels)
     assert pack(merged.pixels).shape == (4, 192, 256)
+
+
+def test_every_bad_file_is_named_in_one_message_with_the_cli_flag(tmp_path, capsys):
+    b = burst(4, gain=2, size=(64, 48), seed=3)
+    folder = tmp_path / "in"
+    write_burst(folder, burst_frames(b))
+    (folder / "frame_9.dng").write_bytes((folder / "frame_0.dng").read_bytes()[:500])  # truncated
+    (folder / "photo.dng").write_bytes(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes())  # a PNG
+    write_dng(folder / "other_size.dng", burst_frames(burst(1, size=(32, 32)))[0])
+    assert main(["enhance-burst", str(folder), "-o", str(tmp_path / "m.dng")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("eyefuse enhance-burst:") == 1
+    for name in ("frame_9.dng", "photo.dng", "other_size.dng"):
+        assert name in err
+    assert "--on-mismatch exclude" in err and "on_mismatch=" not in err
+
+
+def test_a_burst_of_one_frame_is_said_once(tmp_path, capsys):
+    write_burst(tmp_path / "in", burst_frames(burst(1, size=(64, 48))))
+    assert main(["enhance-burst", str(tmp_path / "in"), "-o", str(tmp_path / "m.dng")]) == 0
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("a burst of one frame") == 1 and "UserWarning" not in captured.err
