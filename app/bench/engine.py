@@ -19,7 +19,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from app.bench.report import markdown_table, peak_rss_mib, run_child, write_results
+from app.bench.report import BenchProgress, markdown_table, peak_rss_mib, run_child, write_results
 from capture.convert import to_bgr8
 from capture.frame import Frame, PixelFormat
 from engine.manifest import load_manifest
@@ -188,30 +188,40 @@ def run(args: argparse.Namespace) -> int:
     manifest = load_manifest(weights) if weights else load_manifest()
 
     qual: dict[str, dict[str, tuple[float, float]]] = {}
-    for level in levels:
-        images = kodak_set(data, level)
-        for name, proc in make_methods(level, weights).items():
-            qual.setdefault(name, {})[level] = quality(proc, images)
-            proc.close()
-            print(f"{level:4} {name:16} PSNR {qual[name][level][0]:.2f} SSIM {qual[name][level][1]:.4f}", flush=True)
-
-    sample = cv2.imread(str(sorted((data / "Kodak24").glob("*.png"))[0]), cv2.IMREAD_COLOR)
-    noisy = degrade_webcam(sample, WebcamParams(noise=WEBCAM_NOISE_LEVELS["mid"], scale=1), np.random.default_rng(0))
-    inputs = {"640x480": noisy[:480, :640], "320x240": cv2.resize(noisy[:480, :640], (320, 240), interpolation=cv2.INTER_AREA)}
     speed: dict[str, dict[str, dict[str, float]]] = {}
-    for name, proc in make_methods("mid", weights).items():
-        for size, img in inputs.items():
-            t = latency(proc, img, max_runs=200 if name in MODELS else 60)
-            entry = {"median_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)), "runs": len(t)}
-            macs = manifest[name].macs_per_input_pixel if name in manifest else None
-            if macs:
-                gmac = macs * img.shape[0] * img.shape[1] / 1e9
-                entry.update(gmac_per_frame=gmac, achieved_gmacs=gmac / (entry["median_ms"] / 1e3))
-            speed.setdefault(name, {})[size] = entry
-            print(f"{name:16} {size} median {entry['median_ms']:.2f} ms p99 {entry['p99_ms']:.2f} ms", flush=True)
-        proc.close()
+    methods = list(make_methods("mid", weights))
+    progress = BenchProgress("engine", "Engine benchmark", len(levels) * len(methods) + 2 * len(methods) + 1,
+                             args.out_dir)
+    progress.keep("gemm_peak_gmacs", peak)
+    progress.keep("quality", qual)
+    progress.keep("speed", speed)
+    with progress.guard():
+        for level in levels:
+            images = kodak_set(data, level)
+            for name, proc in make_methods(level, weights).items():
+                qual.setdefault(name, {})[level] = quality(proc, images)
+                proc.close()
+                progress.done(f"{level:4} {name:16} PSNR {qual[name][level][0]:.2f} SSIM {qual[name][level][1]:.4f}")
 
-    live = run_live(args.live_seconds, "student_sr") if "student_sr" in manifest else None
+        sample = cv2.imread(str(sorted((data / "Kodak24").glob("*.png"))[0]), cv2.IMREAD_COLOR)
+        noisy = degrade_webcam(sample, WebcamParams(noise=WEBCAM_NOISE_LEVELS["mid"], scale=1), np.random.default_rng(0))
+        inputs = {"640x480": noisy[:480, :640],
+                  "320x240": cv2.resize(noisy[:480, :640], (320, 240), interpolation=cv2.INTER_AREA)}
+        for name, proc in make_methods("mid", weights).items():
+            for size, img in inputs.items():
+                t = latency(proc, img, max_runs=200 if name in MODELS else 60)
+                entry = {"median_ms": float(np.median(t)), "p99_ms": float(np.percentile(t, 99)), "runs": len(t)}
+                macs = manifest[name].macs_per_input_pixel if name in manifest else None
+                if macs:
+                    gmac = macs * img.shape[0] * img.shape[1] / 1e9
+                    entry.update(gmac_per_frame=gmac, achieved_gmacs=gmac / (entry["median_ms"] / 1e3))
+                speed.setdefault(name, {})[size] = entry
+                progress.done(f"{name:16} {size} median {entry['median_ms']:.2f} ms p99 {entry['p99_ms']:.2f} ms")
+            proc.close()
+
+        live = run_live(args.live_seconds, "student_sr") if "student_sr" in manifest else None
+        progress.keep("live", live)
+        progress.done("live StudentSR")
 
     rows = []
     for name in qual:

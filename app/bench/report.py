@@ -1,6 +1,7 @@
 """Writing benchmark results: a Markdown table for people, a JSON twin for tools, and the machine."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -75,6 +76,60 @@ def peak_rss_during(fn, *args, interval_s: float = 0.005, **kw) -> tuple[Any, fl
         sampler.join(10.0)
     peak[0] = max(peak[0], proc.memory_info().rss)
     return out, peak[0] / 2**20
+
+
+class BenchProgress:
+    """A long benchmark's overall progress and what it has measured so far.
+
+    `done(label)` after each of `total` parts prints "[k/N] label: elapsed, about T left" (the
+    estimate: the mean time of a part so far); `keep(key, value)` records a measurement. If the run
+    is interrupted (Ctrl-C, SIGTERM, an error), `guard()` writes what was kept to NAME.partial.md and
+    .json, marked partial, beside the results (never over the committed NAME.md), and re-raises.
+    """
+
+    def __init__(self, name: str, title: str, total: int, out_dir: str | Path | None = None,
+                 clock=None, printer=print):
+        import time
+
+        self.name, self.title, self.total, self.out_dir = name, title, max(1, total), out_dir
+        self.clock = clock or time.monotonic
+        self.printer = printer
+        self.t0 = self.clock()
+        self.count = 0
+        self.kept: dict[str, Any] = {}
+
+    def done(self, label: str, n: int = 1) -> None:
+        self.count += n
+        elapsed = self.clock() - self.t0
+        left = elapsed / self.count * max(0, self.total - self.count)
+        self.printer(f"[{self.count}/{self.total}] {label}: {_mmss(elapsed)} so far, about {_mmss(left)} left",
+                     flush=True)
+
+    def keep(self, key: str, value: Any) -> None:
+        self.kept[key] = value
+
+    @contextlib.contextmanager
+    def guard(self):
+        try:
+            yield self
+        except BaseException as exc:
+            path = self.write_partial(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            self.printer(f"interrupted: what was measured is in {path} (marked partial)", flush=True)
+            raise
+
+    def write_partial(self, why: str) -> Path:
+        note = (f"**PARTIAL**: this run stopped after {self.count} of {self.total} parts ({why}); the figures "
+                f"below are what it had measured. The committed {self.name}.md is untouched.")
+        body = "```json\n" + json.dumps(self.kept, indent=1, default=str) + "\n```"
+        return write_results(f"{self.name}.partial", f"{self.title} (partial)", [("Partial run", note),
+                                                                                 ("Measured so far", body)],
+                             {"partial": True, "parts_done": self.count, "parts_total": self.total, "why": why,
+                              **self.kept}, out_dir=self.out_dir)
+
+
+def _mmss(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:

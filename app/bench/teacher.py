@@ -28,7 +28,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from app.bench.report import markdown_table, write_results
+from app.bench.report import BenchProgress, markdown_table, write_results
 from capture.convert import to_bgr8
 from capture.frame import Frame
 from engine.manifest import WEIGHTS_DIR, load_manifest
@@ -263,38 +263,49 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     manifest = load_manifest(weights)
 
-    nets = load_teachers(weights, archs)
-    tq = task_quality(nets, data, levels)
+    progress = BenchProgress("teacher", "Teacher benchmark", 5, args.out_dir)
+    with progress.guard():
+        nets = load_teachers(weights, archs)
+        tq = task_quality(nets, data, levels)
+        progress.keep("task_quality", tq)
+        progress.done("teachers against the classical baselines")
 
-    from app.bench.engine import kodak_set
+        from app.bench.engine import kodak_set
 
-    lr0 = kodak_set(data, "mid")[0][1]
-    frame = cv2.resize(lr0, (fw, fh), interpolation=cv2.INTER_CUBIC) if lr0.shape[:2] != (fh, fw) else lr0
-    cfg = chain_config(weights, archs, ",".join(STAGES))
-    speed = chain_speed(cfg, nets, frame, args.runs)
-    print(f"teacher speed per {args.frame_size} frame: {speed}", flush=True)
+        lr0 = kodak_set(data, "mid")[0][1]
+        frame = cv2.resize(lr0, (fw, fh), interpolation=cv2.INTER_CUBIC) if lr0.shape[:2] != (fh, fw) else lr0
+        cfg = chain_config(weights, archs, ",".join(STAGES))
+        speed = chain_speed(cfg, nets, frame, args.runs)
+        progress.keep("speed_seconds", speed)
+        progress.done(f"teacher speed per {args.frame_size} frame: {speed}")
 
-    procs: dict[str, Processor] = {"bicubic": BicubicProcessor(2)}
-    for name in STUDENTS:
-        if name in manifest:
-            procs[name] = make_processor(name, weights)
-    ablation = stage_ablation(weights, archs, data, args.ablation_images) if args.ablation_images > 0 else None
-    chain = TeacherChainProcessor(chain_config(weights, archs, args.stages))
-    webcam = webcam_quality({**procs, "teacher chain": chain}, data, args.kodak_images)
-    ms = {name: frame_ms(proc, frame, 50) for name, proc in procs.items()}
-    ms["teacher chain"] = 1000 * (speed["chain"] if args.stages == ",".join(STAGES)
-                                  else timed(lambda: chain.teacher.enhance(frame), args.runs))
+        procs: dict[str, Processor] = {"bicubic": BicubicProcessor(2)}
+        for name in STUDENTS:
+            if name in manifest:
+                procs[name] = make_processor(name, weights)
+        ablation = stage_ablation(weights, archs, data, args.ablation_images) if args.ablation_images > 0 else None
+        progress.keep("stage_ablation", ablation)
+        progress.done("teacher stages on webcam frames")
+        chain = TeacherChainProcessor(chain_config(weights, archs, args.stages))
+        webcam = webcam_quality({**procs, "teacher chain": chain}, data, args.kodak_images)
+        ms = {name: frame_ms(proc, frame, 50) for name, proc in procs.items()}
+        ms["teacher chain"] = 1000 * (speed["chain"] if args.stages == ",".join(STAGES)
+                                      else timed(lambda: chain.teacher.enhance(frame), args.runs))
+        progress.keep("webcam_mid", webcam)
+        progress.keep("ms_per_frame", ms)
+        progress.done("webcam quality and speed")
 
-    distill = None
-    if DISTILLED in manifest:
-        raw = Path(args.distill_data) if args.distill_data else Path(manifest[DISTILLED].training.get("data", ""))
-        distill = {"vs_teacher": {}}
-        for name in procs:
-            r = distilled_vs_teacher(procs[name], raw)
-            if r is None:
-                print(f"warning: no prepared dataset beside {raw}; pass --distill-data")
-                break
-            distill["vs_teacher"][name] = r
+        distill = None
+        if DISTILLED in manifest:
+            raw = Path(args.distill_data) if args.distill_data else Path(manifest[DISTILLED].training.get("data", ""))
+            distill = {"vs_teacher": {}}
+            for name in procs:
+                r = distilled_vs_teacher(procs[name], raw)
+                if r is None:
+                    print(f"warning: no prepared dataset beside {raw}; pass --distill-data")
+                    break
+                distill["vs_teacher"][name] = r
+        progress.done("distillation")
     for proc in procs.values():
         proc.close()
 
