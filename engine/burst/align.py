@@ -23,9 +23,9 @@ reference, compared with what the noise model says a perfect match leaves (1: as
 allows; towards 0: does not match, because of motion, occlusion or a failed alignment).
 
 Why not a learned flow: RAFT is the learned reference for optical flow, but on this CPU RAFT-small
-(trainers/models/raft.py, timed by `eyefuse bench burst`) takes about 2.2 s per 640x480 frame pair
-and 0.5 s at the 320x240 planes this aligner works on, i.e. 4-15 s for the 7 pairs of an 8-frame
-burst, which rules it out for live use. On the synthetic bursts of the same benchmark the tile
+(trainers/models/raft.py, timed by `eyefuse bench burst`: see benchmarks/results/burst.md) takes
+hundreds of milliseconds per frame pair, seconds for the 7 pairs of an 8-frame burst, where this
+aligner takes milliseconds for all of them: too slow for live use. On the synthetic bursts of the same benchmark the tile
 aligner reaches a mean end-point error below 0.1 px at gain 1, where DIS is about 0.3 px
 (benchmarks/results/burst.md).
 

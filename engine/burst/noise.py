@@ -17,7 +17,7 @@ pixel offsets (no resampling, so no change to the noise either).
 What can still leak into d (a tile that moved on its own, an occlusion, the phase mismatch left)
 only ever adds variance. So each level bin keeps a low quantile of its tiles' estimates (QUANTILE,
 divided by where that quantile of a pure-noise estimate falls), not their mean, and the line
-variance = S * x + O is fitted through the bins, per plane.
+variance = S * x + O is fitted through the bins from below, one line for the four planes.
 
 Where it fails (and the single-frame estimate, `raw.estimate_noise`, stands in): a burst of one or
 two frames, or one whose frames sit at nearly the same phase nowhere (too few tiles, MIN_TILES a
@@ -166,8 +166,8 @@ def phase_matched_differences(stack: np.ndarray, alignment: Alignment,
 
 
 def estimate_noise_burst(stack: np.ndarray, alignment: Alignment, floor: float = -np.inf) -> NoiseModel | None:
-    """variance = S * x + O per plane, from the aligned burst's phase-matched frame differences
-    (module docstring). stack: (N, 4, h, w) normalised planes; floor: the lowest value the sensor
+    """variance = S * x + O (one line for the four planes), from the aligned burst's phase-matched
+    frame differences (module docstring). stack: (N, 4, h, w) normalised planes; floor: the lowest value the sensor
     records (normalised: -black / (white - black)), near which noise is clipped away. None when
     the burst cannot say (fewer than MIN_TILES usable tiles). The same model for every plane."""
     if stack.shape[0] < 2:
