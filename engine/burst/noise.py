@@ -167,9 +167,9 @@ def phase_matched_differences(stack: np.ndarray, alignment: Alignment,
 
 def estimate_noise_burst(stack: np.ndarray, alignment: Alignment, floor: float = -np.inf) -> NoiseModel | None:
     """variance = S * x + O (one line for the four planes), from the aligned burst's phase-matched
-    frame differences (module docstring). stack: (N, 4, h, w) normalised planes; floor: the lowest value the sensor
-    records (normalised: -black / (white - black)), near which noise is clipped away. None when
-    the burst cannot say (fewer than MIN_TILES usable tiles). The same model for every plane."""
+    frame differences (module docstring). stack: (N, 4, h, w) normalised planes; floor: the lowest
+    value the sensor records (normalised: -black / (white - black)), near which noise is clipped
+    away. None when the burst cannot say (fewer than MIN_TILES usable tiles)."""
     if stack.shape[0] < 2:
         return None
     for phase in PHASES:
