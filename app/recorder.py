@@ -31,6 +31,7 @@ from typing import BinaryIO, Callable
 import cv2
 import numpy as np
 
+from capture.clock import SYSTEM_CLOCK, Clock
 from engine.processor import Result
 
 TIME_BASE = Fraction(1, 90000)  # the usual video clock: capture times keep sub-millisecond precision
@@ -226,10 +227,12 @@ class Recorder:
     opener: how the file is opened, (path) -> a binary, seekable file object; the recorder writes
     through it and closes it. Default: open(path, "w+b").
     on_status: called from the recorder thread when the state changes (keep it quick).
+    clock: what stop()'s drain_timeout_s is counted on. Video times and elapsed_s are not read from
+    it: they are the frames' capture times, on the clock of the source that stamped them.
     """
 
     def __init__(self, config: RecorderConfig, opener: Callable[[Path], BinaryIO] | None = None,
-                 on_status: Callable[[RecorderStatus], None] | None = None):
+                 on_status: Callable[[RecorderStatus], None] | None = None, clock: Clock = SYSTEM_CLOCK):
         if config.queue_size <= 0:
             raise RecorderError(f"queue_size must be positive, got {config.queue_size}")
         self.config = config
@@ -237,6 +240,7 @@ class Recorder:
         self.queue = RecordQueue(config.queue_size)
         self._opener = opener or (lambda p: open(p, "w+b"))
         self._on_status = on_status
+        self._clock = clock
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -320,8 +324,8 @@ class Recorder:
 
     def _drain(self) -> None:
         self._set_state(RecorderState.STOPPING, self._message)
-        deadline = time.monotonic() + self.config.drain_timeout_s
-        while time.monotonic() < deadline:
+        deadline = self._clock.monotonic() + self.config.drain_timeout_s
+        while self._clock.monotonic() < deadline:
             try:
                 result = self.queue.get_nowait()
             except queue.Empty:

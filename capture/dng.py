@@ -29,6 +29,7 @@ import rawpy
 import tifffile
 
 from capture.atomic import atomic_write_bytes
+from capture.clock import SYSTEM_CLOCK, Clock
 from capture.errors import CaptureError, FrameDecodeError, SourceEnded, SourceInvalid
 from capture.frame import CFA_PATTERNS, Frame, PixelFormat, RawMeta
 from capture.source import Source, SourceInfo
@@ -539,12 +540,15 @@ class DngBurstSource(Source):
 
     A corrupt file, or one whose size/format/pattern differs from the first frame, raises
     FrameDecodeError (the worker skips and counts it). Paced at `fps` unless paced=False; the end
-    raises SourceEnded unless loop=True. Every frame gets a fresh seq and t_capture_ns.
+    raises SourceEnded unless loop=True. Every frame gets a fresh seq and t_capture_ns, both read
+    from `clock` (what it paces by; tests pass a FakeClock).
     """
 
-    def __init__(self, pattern: str | os.PathLike, fps: float = 30.0, paced: bool = True, loop: bool = False):
+    def __init__(self, pattern: str | os.PathLike, fps: float = 30.0, paced: bool = True, loop: bool = False,
+                 clock: Clock = SYSTEM_CLOCK):
         if not fps > 0:
             raise ValueError(f"fps must be positive, got {fps}")
+        self.clock = clock
         self.pattern = str(pattern)
         self.fps = float(fps)
         self.paced = paced
@@ -585,18 +589,18 @@ class DngBurstSource(Source):
             raise FrameDecodeError(f"{path}: {why} (first frame: {self._ref[0].name}); skipped")
         if self.paced:
             self._wait_for_slot()
-        frame = dataclasses.replace(frame, seq=self._seq, t_capture_ns=time.monotonic_ns(), source=self._name())
+        frame = dataclasses.replace(frame, seq=self._seq, t_capture_ns=self.clock.monotonic_ns(), source=self._name())
         self._seq += 1
         self._good_this_pass += 1
         return frame
 
     def _wait_for_slot(self) -> None:
         period = 1.0 / self.fps
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self._next_due is None or now - self._next_due > period:
             self._next_due = now  # first frame, or decoding fell behind: don't burst to catch up
         elif self._next_due > now:
-            time.sleep(self._next_due - now)
+            self.clock.sleep(self._next_due - now)
         self._next_due += period
 
     def close(self) -> None:

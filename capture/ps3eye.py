@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -28,6 +27,7 @@ import numpy as np
 import usb.core
 import usb.util
 
+from capture.clock import SYSTEM_CLOCK, Clock
 from capture.errors import DeviceDisconnected, FrameDecodeError, SourceInvalid, SourceUnavailable
 from capture.frame import Frame, PixelFormat
 from capture.source import Source, SourceInfo
@@ -515,11 +515,13 @@ class PS3EyeCamera(Source):
     """A PS3 Eye through pyusb. Frames are YUYV (H, W, 2); `to_bgr8` converts them.
 
     Not thread-safe for reading (one CaptureWorker thread owns it), but the set_* controls may be
-    called from another thread while it streams.
+    called from another thread while it streams. clock: what the start-up delays, the silence timeout
+    and capture times are read from (tests pass a FakeClock, with the emulator on the same one).
     """
 
-    def __init__(self, config: PS3EyeConfig = PS3EyeConfig(), backend=None):
+    def __init__(self, config: PS3EyeConfig = PS3EyeConfig(), backend=None, clock: Clock = SYSTEM_CLOCK):
         self.config = config
+        self.clock = clock
         self.mode = sensor_mode(config.width, config.height)
         self.rate = choose_rate(self.mode, config.fps)
         self._backend = backend if backend is not None else config.backend
@@ -557,7 +559,7 @@ class PS3EyeCamera(Source):
             raise
         self._assembler = FrameAssembler(self.mode.width, self.mode.height)
         self._pending = (0, 0)
-        self._last_data = time.monotonic()
+        self._last_data = self.clock.monotonic()
 
     def read(self) -> Frame:
         if self._dev is None:
@@ -743,10 +745,10 @@ class PS3EyeCamera(Source):
     def _init_and_start(self) -> None:
         self._bridge_write(0xE7, 0x3A)
         self._bridge_write(REG_STREAM, 0x08)  # hold the video path in reset
-        time.sleep(0.1)  # the kernel driver gives the bridge this long
+        self.clock.sleep(0.1)  # the kernel driver gives the bridge this long
         self._bridge_write(REG_SCCB_ADDRESS, OV772X_SCCB_ADDRESS)
         self._sccb_write(SENSOR_COM7, 0x80)  # reset every sensor register
-        time.sleep(0.01)
+        self.clock.sleep(0.01)
         self.sensor_id = self._read_sensor_id()
         for reg, value in _BRIDGE_INIT:
             self._bridge_write(reg, value)
@@ -834,7 +836,7 @@ class PS3EyeCamera(Source):
                 return
             if status == SCCB_NACK:
                 break
-            time.sleep(0.001 * 2 ** attempt)  # busy: the kernel driver waits 10-20 ms between polls
+            self.clock.sleep(0.001 * 2 ** attempt)  # busy: the kernel driver waits 10-20 ms between polls
         raise SourceUnavailable(
             f"the PS3 Eye's sensor did not answer while {doing} (SCCB status 0x{status:02x}); "
             f"unplug and replug the camera"
@@ -862,7 +864,7 @@ class PS3EyeCamera(Source):
                 else:  # e.g. an overflow: the data in flight is lost, so is the frame it belonged to
                     self._counts["transfer_errors"] += 1
                     self._assembler.poison(f"a bulk read failed ({exc})")
-                silent = time.monotonic() - self._last_data
+                silent = self.clock.monotonic() - self._last_data
                 if silent > self.config.stall_timeout_s:
                     raise DeviceDisconnected(
                         f"no video from the PS3 Eye on {self._where} for {silent:.1f} s (last error: {exc}); "
@@ -870,8 +872,8 @@ class PS3EyeCamera(Source):
                     ) from exc
                 continue
             if n:
-                self._transfer_t_ns = time.monotonic_ns()
-                self._last_data = time.monotonic()
+                self._transfer_t_ns = self.clock.monotonic_ns()
+                self._last_data = self.clock.monotonic()
                 self._counts["transfers"] += 1
                 self._counts["bytes"] += n
                 self._pending = (0, n)

@@ -20,7 +20,9 @@ Speed: this runs in the capture thread beside a model on a 2-core CPU, so every 
 one OpenCV pass over preallocated buffers, noise comes from a pool of pre-drawn Gaussian fields, and
 the BGR 2x truth (a 2x warp costs more than the whole frame) is rendered when first read. Paced,
 it renders each frame just before the frame is due rather than right after the previous one left,
-so that work falls while the engine waits for the frame instead of beside the model.
+so that work falls while the engine waits for the frame instead of beside the model. All of its
+timing (the schedule, capture times, how long rendering takes) is read from its Clock, so a test can
+run it on logical time (capture.clock.FakeClock).
 """
 from __future__ import annotations
 
@@ -28,7 +30,6 @@ import contextlib
 import functools
 import math
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,6 +37,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from capture.clock import SYSTEM_CLOCK, Clock
 from capture.errors import SourceInvalid
 from capture.frame import Frame, GroundTruth, PixelFormat, RawMeta
 from capture.source import Source, SourceInfo
@@ -420,28 +422,34 @@ def read_image(path: Path) -> np.ndarray | None:
 # -- the camera --------------------------------------------------------------------------------
 class RecentMax:
     """A duration to plan with: the longest recent one, with a margin. It jumps up to any longer
-    time at once and decays slowly back down, so one fast run does not make the next one late."""
+    time at once and decays slowly back down, so one fast run does not make the next one late.
+    measure() times a block on `clock`, the clock the plan is made on."""
 
-    def __init__(self, initial_s: float, margin: float = 1.25, decay: float = 0.98):
+    def __init__(self, initial_s: float, margin: float = 1.25, decay: float = 0.98, clock: Clock = SYSTEM_CLOCK):
         self.seconds, self.margin, self.decay = initial_s, margin, decay
+        self.clock = clock
 
     def observe(self, seconds: float) -> None:
         self.seconds = max(self.margin * seconds, self.decay * self.seconds)
 
     @contextlib.contextmanager
     def measure(self):
-        t0 = time.monotonic()
+        t0 = self.clock.monotonic()
         try:
             yield
         finally:
-            self.observe(time.monotonic() - t0)
+            self.observe(self.clock.monotonic() - t0)
 
 
 class SimulatedCamera(Source):
-    """The simulated camera. See the module docstring for what it renders and how fast."""
+    """The simulated camera. See the module docstring for what it renders and how fast.
 
-    def __init__(self, config: SimulatedConfig = SimulatedConfig()):
+    clock: what it paces by and stamps capture times with (tests pass a FakeClock).
+    """
+
+    def __init__(self, config: SimulatedConfig = SimulatedConfig(), clock: Clock = SYSTEM_CLOCK):
         self.config = config
+        self.clock = clock
         self.noise = _resolve_noise(config.noise)
         self._std_line = std_as_line(self.noise)
         self.pixel_format = _check_config(config)
@@ -486,7 +494,8 @@ class SimulatedCamera(Source):
         self._prev_motion: tuple[float, float, float] | None = None
         self._next_due: float | None = None
         period = 1.0 / cfg.fps
-        self._render_time, self._scene_time = RecentMax(period / 4), RecentMax(period / 2)
+        self._render_time = RecentMax(period / 4, clock=self.clock)
+        self._scene_time = RecentMax(period / 2, clock=self.clock)
         self._open = True
 
     def read(self) -> Frame:
@@ -676,22 +685,22 @@ class SimulatedCamera(Source):
         if not self.config.realtime or self._next_due is None:
             return
         lead = self._render_time.seconds + (self._scene_time.seconds if new_scene else 0.0)
-        wait = self._next_due - lead - time.monotonic()
+        wait = self._next_due - lead - self.clock.monotonic()
         if wait > 0:
-            time.sleep(wait)
+            self.clock.sleep(wait)
 
     def _pace(self) -> int:
         """Wait for this frame's slot when paced; the capture time of the frame (monotonic ns)."""
         if not self.config.realtime:
-            return time.monotonic_ns()
+            return self.clock.monotonic_ns()
         period = 1.0 / self.config.fps
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self._next_due is None or now - self._next_due > period:
             self._next_due = now  # first frame, or fell behind: a camera drops frames, it does not burst
         elif self._next_due > now:
-            time.sleep(self._next_due - now)
+            self.clock.sleep(self._next_due - now)
         self._next_due += period
-        return time.monotonic_ns()
+        return self.clock.monotonic_ns()
 
 
 def _resolve_noise(noise: str | NoiseLevel) -> NoiseLevel:

@@ -1,16 +1,17 @@
 """Video files as a source: anything PyAV (FFmpeg) decodes, with OpenCV as a fallback reader.
 
 Paced at the file's own frame rate (by presentation time) or as fast as possible, optionally looped.
+Pacing and capture times are read from a Clock (capture.clock), so a test can run a file on logical time.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from capture.clock import SYSTEM_CLOCK, Clock
 from capture.errors import SourceEnded, SourceInvalid
 from capture.frame import Frame, PixelFormat
 from capture.source import Source, SourceInfo
@@ -82,8 +83,11 @@ class _OpenCVReader:
 
 
 class VideoFileSource(Source):
-    def __init__(self, config: VideoFileConfig):
+    """A video file played as a camera. clock: what it paces by and stamps capture times with."""
+
+    def __init__(self, config: VideoFileConfig, clock: Clock = SYSTEM_CLOCK):
         self.config = config
+        self.clock = clock
         self._reader: _PyAVReader | _OpenCVReader | None = None
         self._seq = 0
         self._t0_wall: float | None = None
@@ -128,18 +132,19 @@ class VideoFileSource(Source):
         self._last_t = t_media
         if self.config.paced:
             self._wait_until_media_time(t_media)
-        frame = Frame(np.ascontiguousarray(img), self._seq, time.monotonic_ns(), self.describe().name, PixelFormat.BGR8)
+        frame = Frame(np.ascontiguousarray(img), self._seq, self.clock.monotonic_ns(), self.describe().name,
+                      PixelFormat.BGR8)
         self._seq += 1
         return frame
 
     def _wait_until_media_time(self, t_media: float) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self._t0_wall is None:
             self._t0_wall, self._t0_media = now, t_media
             return
         due = self._t0_wall + (t_media - self._t0_media)
         if due > now:
-            time.sleep(due - now)
+            self.clock.sleep(due - now)
 
     def close(self) -> None:
         if self._reader is not None:

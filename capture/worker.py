@@ -4,6 +4,7 @@ States: idle -> running -> (retrying <-> running) -> ended | error | stopped.
 A device that disappears is reopened with exponential backoff; frames already in the ring stay
 there. A finite source that ends, or a source that can never work, stops the thread with a state
 and a message the GUI can show. `stop()` returns within a second and no thread outlives it.
+Backoff waits are timed on the worker's Clock (capture.clock), so a test can check them in logical time.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from capture.clock import SYSTEM_CLOCK, Clock
 from capture.errors import CaptureError, DeviceDisconnected, FrameDecodeError, SourceEnded, SourceUnavailable
 from capture.frame import Frame
 from capture.ring_buffer import RingBuffer
@@ -57,7 +59,8 @@ class CaptureWorker:
 
     The worker owns the source: it opens it in the thread and closes it when the thread ends.
     Sequence numbers stay strictly increasing across reconnects (a reopened source may count
-    from 0 again), so consumers can rely on them.
+    from 0 again), so consumers can rely on them. clock: what the backoff waits are timed on; stop()
+    cuts a wait short on any clock.
     """
 
     def __init__(
@@ -67,12 +70,14 @@ class CaptureWorker:
         retry: RetryPolicy = RetryPolicy(),
         on_status: Callable[[CaptureStatus], None] | None = None,
         close_ring_on_exit: bool = True,
+        clock: Clock = SYSTEM_CLOCK,
     ):
         self.source = source
         self.ring = ring
         self.retry = retry
         self._on_status = on_status
         self._close_ring_on_exit = close_ring_on_exit
+        self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -146,7 +151,7 @@ class CaptureWorker:
                             self._set_state(CaptureState.ERROR, f"{exc} (gave up after {attempt} attempts)")
                             return
                         self._set_state(CaptureState.RETRYING, f"{exc} (retry {attempt})")
-                        self._stop.wait(self.retry.delay(attempt))
+                        self._clock.wait(self._stop, self.retry.delay(attempt))
                         continue
                     opened = True
                     if attempt and self._frames:
@@ -168,7 +173,7 @@ class CaptureWorker:
                     opened = False
                     attempt = 1
                     self._set_state(CaptureState.RETRYING, f"{exc}; reconnecting")
-                    self._stop.wait(self.retry.delay(attempt))
+                    self._clock.wait(self._stop, self.retry.delay(attempt))
                     continue
                 self._publish(frame)
         except CaptureError as exc:

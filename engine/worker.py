@@ -5,7 +5,9 @@ skips frames instead of building latency, and counts what it skipped (gaps in `s
 goes to a ResultSlot (one place, latest wins: the display) and to a bounded queue (the recorder;
 when full the oldest queued result is dropped and counted). Nothing here ever blocks the capture
 thread or waits on a slow consumer. A processor that raises or returns NaN puts the worker in the
-ERROR state with the message; the thread keeps going and the next good frame clears it.
+ERROR state with the message; the thread keeps going and the next good frame clears it. Its own
+waits (paused, or on a closed ring) and the times on error results are read from its Clock
+(capture.clock), so a test can run them on logical time.
 """
 from __future__ import annotations
 
@@ -15,10 +17,10 @@ import enum
 import queue
 import statistics
 import threading
-import time
 from dataclasses import dataclass
 from typing import Callable
 
+from capture.clock import SYSTEM_CLOCK, Clock
 from capture.convert import to_bgr8
 from capture.ring_buffer import BufferClosed, RingBuffer
 from engine.processor import Processor, Result, StepsNotSupported
@@ -127,6 +129,7 @@ class EngineWorker:
     The worker owns the processors it is given: it closes one when it is replaced and at stop().
     Control calls (set_processor, set_steps, pause, resume, stop) may come from any thread and take
     effect between frames. A worker runs once: start() after stop() raises; make a new one.
+    clock: what its waits are timed on and its error results stamped with.
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class EngineWorker:
         record_queue: queue.Queue | None = None,
         config: WorkerConfig = WorkerConfig(),
         on_status: Callable[[WorkerState, str | None], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ):
         self.ring = ring
         self.slot = slot if slot is not None else ResultSlot()
@@ -144,6 +148,7 @@ class EngineWorker:
         self._record_queue = record_queue
         self.config = config
         self._on_status = on_status
+        self._clock = clock
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._unpaused = threading.Event()
@@ -272,7 +277,7 @@ class EngineWorker:
                 if not self._unpaused.is_set():
                     if self._state is not WorkerState.PAUSED:
                         self._set_state(WorkerState.PAUSED, self._error)
-                    self._unpaused.wait(self.config.poll_s)
+                    self._clock.wait(self._unpaused, self.config.poll_s)
                     last_done = None  # frames that pass while paused are not skips
                     continue
                 if self._state is WorkerState.PAUSED:
@@ -284,7 +289,7 @@ class EngineWorker:
                     continue
                 except BufferClosed:
                     # Capture stopped; it may reopen the ring later. Idle without spinning.
-                    self._stop.wait(self.config.poll_s)
+                    self._clock.wait(self._stop, self.config.poll_s)
                     continue
                 self._apply_pending()  # and a switch made while we waited applies to this frame
                 proc = self._processor
@@ -315,7 +320,7 @@ class EngineWorker:
         with self._lock:
             self._skipped += skipped_now
             skipped = self._skipped
-        t_start = time.monotonic_ns()
+        t_start = self._clock.monotonic_ns()
         try:
             result = proc.process(frames)
         except Exception as exc:  # any processor failure is a state for the GUI, not a dead thread
@@ -329,7 +334,7 @@ class EngineWorker:
             except Exception:
                 before = None
             self.slot.put(Result(tuple(frames), before, None, ref.seq, ref.t_capture_ns, t_start,
-                                 time.monotonic_ns(), {}, proc.name, proc.steps, skipped, message))
+                                 self._clock.monotonic_ns(), {}, proc.name, proc.steps, skipped, message))
             return
         result = dataclasses.replace(result, skipped=skipped)
         with self._lock:
