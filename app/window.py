@@ -1032,6 +1032,11 @@ def run_window(config: PipelineConfig, args) -> int:
     options, plan = window_options_from_args(args)
     previous_handler = _quiet_qt_messages()
     app = QApplication.instance() or QApplication(sys.argv[:1])
+    # The window's `finished` ends the run. Qt's own quit on the last window closing would post a Quit
+    # event that app.exec() has already returned before: handled later by anyone else's processEvents(),
+    # it makes every event loop in the process return at once. So it is off for the run.
+    quit_on_last_closed = app.quitOnLastWindowClosed()
+    app.setQuitOnLastWindowClosed(False)
     window = MainWindow(config, options, plan)
     window.show()
     window.start()
@@ -1050,6 +1055,7 @@ def run_window(config: PipelineConfig, args) -> int:
         ticker.stop()
         signal.signal(signal.SIGINT, previous)
         window.shutdown()
+        app.setQuitOnLastWindowClosed(quit_on_last_closed)
         from PyQt6.QtCore import qInstallMessageHandler
 
         qInstallMessageHandler(previous_handler)
