@@ -2,11 +2,28 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+# How long a test waits for another thread to get somewhere before it fails. Generous, because a busy
+# 2-core machine can hold a thread back for seconds; a healthy test never waits anywhere near this
+# long, since every wait ends as soon as its condition holds. Tests never assert that something took
+# less than some time: pacing and timeouts are checked on logical time (capture.clock.FakeClock).
+DEADLINE_S = 30.0
+
+
+def eventually(predicate: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
+    """Wait until `predicate()` holds; fail the test saying `what` did not happen if `timeout` s pass first."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:g} s")
+        time.sleep(0.002)
+
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if not SHARED_DATA.exists():  # CI checks out a fresh clone with shared/ beside it
@@ -31,7 +48,7 @@ def shared_data() -> Path:
 def no_leaked_threads():
     before = set(threading.enumerate())
     yield
-    deadline = time.monotonic() + 2.0
+    deadline = time.monotonic() + DEADLINE_S  # threads that are ending go as soon as they can
     while time.monotonic() < deadline:
         leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
         if not leaked:

@@ -29,7 +29,6 @@ import collections
 import errno
 import struct
 import threading
-import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -38,6 +37,7 @@ import numpy as np
 import usb.backend
 import usb.core
 
+from capture.clock import SYSTEM_CLOCK, Clock
 from capture.convert import bgr_to_yuyv
 
 VENDOR_ID, PRODUCT_ID = 0x1415, 0x2000
@@ -121,12 +121,15 @@ class PS3EyeEmulator(usb.backend.IBackend):
     fast: stream frames as fast as they are read, instead of at the programmed frame rate.
     kernel_driver: gspca_ov534 is bound to the video interface at plug-in (as on Linux).
     sccb_busy_polls: how many status polls report busy before each SCCB transaction completes.
+    clock: what frame times and bulk read timeouts run on. With a FakeClock (the driver on the same one)
+    a read that finds no video times out at once in logical time, and paced frames come when due.
     """
 
     def __init__(self, *, fast: bool = True, scene: str = "astronaut", kernel_driver: bool = False,
                  other_devices: tuple[tuple[int, int], ...] = ((0x1D6B, 0x0002),), sccb_busy_polls: int = 0,
-                 plugged: bool = True):
+                 plugged: bool = True, clock: Clock = SYSTEM_CLOCK):
         self.fast = fast
+        self.clock = clock
         self.scene_name = scene
         self.kernel_driver_default = kernel_driver
         self.sccb_busy_polls = sccb_busy_polls
@@ -407,7 +410,7 @@ class PS3EyeEmulator(usb.backend.IBackend):
     def bulk_read(self, dev_handle, ep, intf, buff, timeout):
         out = memoryview(buff).cast("B")
         cap = len(out)
-        deadline = None if timeout == 0 else time.monotonic() + timeout / 1000.0
+        deadline = None if timeout == 0 else self.clock.monotonic() + timeout / 1000.0
         n = 0
         with self._cond:
             self._check(dev_handle)
@@ -420,11 +423,11 @@ class PS3EyeEmulator(usb.backend.IBackend):
                 payload = self._current_payload()
                 if payload is None:
                     wait = self._seconds_to_next_frame()
-                    now = time.monotonic()
+                    now = self.clock.monotonic()
                     if deadline is not None and now >= deadline:
                         raise usb_error("timeout")  # pyusb drops any partial data with the error
                     limit = None if deadline is None else deadline - now
-                    self._cond.wait(limit if wait is None else wait if limit is None else min(wait, limit))
+                    self.clock.wait(self._cond, limit if wait is None else wait if limit is None else min(wait, limit))
                     self._check(dev_handle)
                     continue
                 rest = len(payload) - self._payload_off
@@ -544,7 +547,7 @@ class PS3EyeEmulator(usb.backend.IBackend):
         self._streaming = on
         self._frame_payloads = None
         if on:
-            self._stream_t0 = time.monotonic()
+            self._stream_t0 = self.clock.monotonic()
             self._stream_index = 0  # frames begun in this stream
             self._stream_first = self.frames_started
             self._fid = 0
@@ -578,7 +581,7 @@ class PS3EyeEmulator(usb.backend.IBackend):
         if self.fast:
             return 0.0
         due = self._stream_t0 + self._stream_index / self.frame_rate
-        return max(0.0, due - time.monotonic())
+        return max(0.0, due - self.clock.monotonic())
 
     def _current_payload(self) -> bytes | None:
         if self._frame_payloads is None:

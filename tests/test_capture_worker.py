@@ -1,30 +1,36 @@
 import threading
-import time
 
 import av
 import numpy as np
 import pytest
 
+from capture.clock import SYSTEM_CLOCK, Clock, FakeClock
 from capture.errors import DeviceDisconnected, FrameDecodeError, SourceEnded, SourceInvalid, SourceUnavailable
 from capture.frame import PixelFormat
 from capture.ring_buffer import RingBuffer
 from capture.source import Source, SourceInfo
 from capture.video_file import VideoFileConfig, VideoFileSource
 from capture.worker import CaptureState, CaptureWorker, RetryPolicy
-from tests.conftest import make_bgr_frame
+from tests.conftest import DEADLINE_S, eventually, make_bgr_frame
 
 FAST_RETRY = RetryPolicy(initial_s=0.01, max_s=0.05)
+
+
+def ended(worker: CaptureWorker) -> None:
+    """The worker's thread ends on its own (a finite or failing source), in time."""
+    assert worker.join(DEADLINE_S), f"the capture thread did not end: {worker.status()}"
 
 
 class ScriptedCamera(Source):
     """A camera that follows a script: each entry is 'frame', 'bad' (decode error), 'unplug',
     'end', or an exception to raise from open(). Counts from 0 again after every reopen, like a
-    real device does."""
+    real device does. Each read takes `period_s` on `clock`."""
 
-    def __init__(self, read_script, open_script=(), period_s=0.0):
+    def __init__(self, read_script, open_script=(), period_s=0.0, clock: Clock = SYSTEM_CLOCK):
         self.read_script = list(read_script)
         self.open_script = list(open_script)
         self.period_s = period_s
+        self.clock = clock
         self.opened = 0
         self.closed = 0
         self._seq = 0
@@ -39,7 +45,7 @@ class ScriptedCamera(Source):
         self._seq = 0
 
     def read(self):
-        time.sleep(self.period_s)
+        self.clock.sleep(self.period_s)
         step = self.read_script.pop(0) if self.read_script else "frame"
         if step == "bad":
             raise FrameDecodeError("corrupt packet")
@@ -63,7 +69,7 @@ def test_runs_until_source_ends(no_leaked_threads):
     src = ScriptedCamera(["frame"] * 10 + ["end"])
     w = CaptureWorker(src, ring)
     w.start()
-    assert w.join(2)
+    ended(w)
     st = w.status()
     assert st.state is CaptureState.ENDED and st.frames == 10
     assert src.closed == 1
@@ -74,7 +80,7 @@ def test_decode_errors_are_skipped_and_counted(no_leaked_threads):
     ring = RingBuffer(100)
     w = CaptureWorker(ScriptedCamera(["frame", "bad", "frame", "bad", "frame", "end"]), ring)
     w.start()
-    w.join(2)
+    ended(w)
     st = w.status()
     assert (st.state, st.frames, st.decode_errors) == (CaptureState.ENDED, 3, 2)
 
@@ -84,9 +90,12 @@ def test_unplug_is_retried_with_backoff_and_keeps_captured_frames(no_leaked_thre
     gone = SourceUnavailable("no device")
     src = ScriptedCamera(["frame"] * 5 + ["unplug"] + ["frame"] * 5 + ["end"], open_script=[None, gone, gone, None])
     states = []
-    w = CaptureWorker(src, ring, retry=FAST_RETRY, on_status=lambda s: states.append(s.state))
+    clock = FakeClock()
+    w = CaptureWorker(src, ring, retry=RetryPolicy(initial_s=0.2, max_s=2.0, factor=2.0),
+                      on_status=lambda s: states.append(s.state), clock=clock)
     w.start()
-    assert w.join(3)
+    ended(w)
+    assert clock.waits == [0.2, 0.4, 0.8], "after the unplug, a wait before each reopen, doubling"
     assert CaptureState.RETRYING in states
     st = w.status()
     assert st.state is CaptureState.ENDED and st.frames == 10 and st.reconnects == 1
@@ -95,29 +104,34 @@ def test_unplug_is_retried_with_backoff_and_keeps_captured_frames(no_leaked_thre
 
 
 def test_gives_up_after_max_attempts(no_leaked_threads):
+    clock = FakeClock()
     w = CaptureWorker(ScriptedCamera([], open_script=[SourceUnavailable("busy")] * 10), RingBuffer(4),
-                      retry=RetryPolicy(0.01, 0.01, max_attempts=3))
+                      retry=RetryPolicy(0.2, 0.5, max_attempts=5), clock=clock)
     w.start()
-    assert w.join(2)
-    assert w.status().state is CaptureState.ERROR and "gave up after 3" in w.status().message
+    ended(w)
+    assert w.status().state is CaptureState.ERROR and "gave up after 5" in w.status().message
+    assert clock.waits == [0.2, 0.4, 0.5, 0.5], "backoff doubles up to max_s; no wait after the last attempt"
 
 
 def test_invalid_source_is_an_error_not_a_retry(no_leaked_threads):
     w = CaptureWorker(ScriptedCamera([], open_script=[SourceInvalid("no such file")]), RingBuffer(4), retry=FAST_RETRY)
     w.start()
-    assert w.join(2)
+    ended(w)
     assert w.status().state is CaptureState.ERROR and "no such file" in w.status().message
 
 
-def test_stop_is_prompt_while_streaming_and_while_retrying(no_leaked_threads):
-    for src in (ScriptedCamera([], period_s=0.01), ScriptedCamera([], open_script=[SourceUnavailable("x")] * 1000)):
-        w = CaptureWorker(src, RingBuffer(4), retry=RetryPolicy(0.5, 0.5))
+def test_stop_ends_the_thread_while_streaming_and_while_retrying(no_leaked_threads):
+    # Retrying, the worker is in an hour-long backoff wait: stop() must cut it short, not sleep it out.
+    hour = RetryPolicy(3600.0, 3600.0)
+    streaming = ScriptedCamera([], period_s=0.01)
+    retrying = ScriptedCamera([], open_script=[SourceUnavailable("x")] * 1000)
+    for src, busy, what in ((streaming, lambda w: w.status().frames > 0, "streams"),
+                            (retrying, lambda w: w.status().state is CaptureState.RETRYING, "retries")):
+        w = CaptureWorker(src, RingBuffer(4), retry=hour)
         w.start()
-        time.sleep(0.1)
-        t0 = time.monotonic()
-        assert w.stop(1.0)
-        assert time.monotonic() - t0 < 1.0
-        assert w.status().state in (CaptureState.STOPPED,)
+        eventually(lambda: busy(w), f"the worker {what}")
+        assert w.stop(DEADLINE_S), f"stop() did not end a worker that {what}"
+        assert w.status().state is CaptureState.STOPPED
 
 
 def test_start_twice_is_refused():
@@ -125,7 +139,7 @@ def test_start_twice_is_refused():
     w.start()
     with pytest.raises(RuntimeError):
         w.start()
-    w.stop()
+    assert w.stop(DEADLINE_S)
 
 
 def _write_video(path, n=12, fps=24, size=(64, 48)):
@@ -144,17 +158,18 @@ def test_video_file_paced_at_its_frame_rate(tmp_path, no_leaked_threads):
     path = tmp_path / "clip.mp4"
     _write_video(path, n=12, fps=24)
     ring = RingBuffer(64)
-    w = CaptureWorker(VideoFileSource(VideoFileConfig(str(path), paced=True)), ring)
-    t0 = time.monotonic()
+    clock = FakeClock()
+    w = CaptureWorker(VideoFileSource(VideoFileConfig(str(path), paced=True), clock=clock), ring)
+    t0 = clock.monotonic_ns()
     w.start()
-    assert w.join(3)
-    elapsed = time.monotonic() - t0
+    ended(w)
     assert w.status().state is CaptureState.ENDED and w.status().frames == 12
-    assert 11 / 24 * 0.8 < elapsed < 11 / 24 * 2 + 0.5
     frames = ring.last(64)
     assert frames[0].pixels.shape == (48, 64, 3)
+    assert frames[0].t_capture_ns == t0, "the first frame at once, stamped by the source's clock"
     gaps = np.diff([f.t_capture_ns for f in frames]) / 1e9
-    assert abs(np.median(gaps) - 1 / 24) < 0.01
+    np.testing.assert_allclose(gaps, 1 / 24, atol=1e-4)  # each frame at its presentation time
+    assert clock.monotonic() - t0 / 1e9 == pytest.approx(11 / 24, abs=1e-4), "and no waiting beyond the last"
 
 
 def test_video_file_loops_and_fast_mode(tmp_path):
@@ -174,6 +189,6 @@ def test_unreadable_and_missing_video_files_are_named(tmp_path):
     for path in (bad, tmp_path / "missing.mp4"):
         w = CaptureWorker(VideoFileSource(VideoFileConfig(str(path))), RingBuffer(4))
         w.start()
-        assert w.join(3)
+        ended(w)
         st = w.status()
         assert st.state is CaptureState.ERROR and path.name in st.message

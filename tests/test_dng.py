@@ -8,6 +8,7 @@ import pytest
 import rawpy
 import tifffile
 
+from capture.clock import FakeClock
 from capture.dng import (
     BurstMismatch,
     DngBurstSource,
@@ -21,6 +22,7 @@ from capture.frame import CFA_PATTERNS, Frame, PixelFormat, RawMeta
 from capture.ring_buffer import RingBuffer
 from capture.sources import open_source
 from capture.worker import CaptureState, CaptureWorker
+from tests.conftest import DEADLINE_S
 
 H, W = 32, 48  # LibRaw refuses images under 22 px a side
 
@@ -252,7 +254,7 @@ def test_burst_source_through_the_capture_worker(tmp_path, no_leaked_threads):
     ring = RingBuffer(16)
     worker = CaptureWorker(source, ring)
     worker.start()
-    assert worker.join(5)
+    assert worker.join(DEADLINE_S), "the capture thread did not end"
     st = worker.status()
     assert (st.state, st.frames, st.decode_errors) == (CaptureState.ENDED, 4, 1)
     frames = ring.last(16)
@@ -264,15 +266,22 @@ def test_burst_source_through_the_capture_worker(tmp_path, no_leaked_threads):
 
 def test_burst_source_is_paced_and_loops(tmp_path):
     _write_burst(tmp_path, 3)
-    src = DngBurstSource(str(tmp_path / "*.dng"), fps=50.0, paced=True, loop=True)
+    clock = FakeClock()
+    src = DngBurstSource(str(tmp_path / "*.dng"), fps=50.0, paced=True, loop=True, clock=clock)
     src.open()
-    t0 = time.monotonic()
+    t0 = clock.monotonic_ns()
     frames = [src.read() for _ in range(7)]
-    elapsed = time.monotonic() - t0
+    clock.advance(1.0)  # nobody read for a second
+    late = clock.monotonic_ns()
+    frames += [src.read() for _ in range(2)]
     src.close()
-    assert [f.seq for f in frames] == list(range(7))
+    assert [f.seq for f in frames] == list(range(9))
     assert np.array_equal(frames[3].pixels, frames[0].pixels), "looped back to the first file"
-    assert 6 / 50 * 0.9 < elapsed < 6 / 50 + 0.5
+    times = [f.t_capture_ns for f in frames]
+    assert times[0] == t0, "the first frame at once, stamped by the source's clock"
+    np.testing.assert_allclose(np.diff(times[:7]) / 1e9, 1 / 50, atol=1e-6)  # one frame per slot at 50 fps
+    assert times[7] == late and (times[8] - times[7]) / 1e9 == pytest.approx(1 / 50, abs=1e-6), \
+        "after falling behind: the next frame at once, then the schedule again, not a burst of missed slots"
     info = src.describe()
     assert (info.kind, info.width, info.height, info.pixel_format) == ("dng", W, H, PixelFormat.BAYER16)
 
@@ -283,7 +292,7 @@ def test_burst_source_with_no_files_is_invalid(tmp_path, no_leaked_threads):
         DngBurstSource(pattern).open()
     worker = CaptureWorker(DngBurstSource(pattern), RingBuffer(4))
     worker.start()
-    assert worker.join(2)
+    assert worker.join(DEADLINE_S), "the capture thread did not end"
     assert worker.status().state is CaptureState.ERROR and pattern in worker.status().message
 
 

@@ -1,9 +1,10 @@
 """The PS3 Eye driver, run unchanged through real pyusb against an emulated camera (tests/ps3eye_emulator.py)."""
-import time
+import re
 
 import numpy as np
 import pytest
 
+from capture.clock import FakeClock
 from capture.convert import to_bgr8
 from capture.errors import DeviceDisconnected, FrameDecodeError, SourceInvalid, SourceUnavailable
 from capture.frame import PixelFormat
@@ -11,7 +12,8 @@ from capture.ps3eye import (UDEV_RULE, MODES, PS3EyeCamera, PS3EyeConfig, PS3Eye
                             parse_payload_header, probe_ps3eye)
 from capture.ring_buffer import RingBuffer
 from capture.sources import open_source
-from capture.worker import CaptureState, CaptureWorker, RetryPolicy, wait_until
+from capture.worker import CaptureState, CaptureWorker, RetryPolicy
+from tests.conftest import DEADLINE_S, eventually
 from tests.ps3eye_emulator import PS3EyeEmulator
 
 FAST_RETRY = RetryPolicy(initial_s=0.02, max_s=0.05)
@@ -24,6 +26,12 @@ def _threads_end(no_leaked_threads):
 
 def _camera(emu, **config) -> PS3EyeCamera:
     return PS3EyeCamera(PS3EyeConfig(backend=emu, **config))
+
+
+def _retries(message: str) -> int:
+    """The attempt number in a retrying worker's message ("... (retry 3)"), 0 when there is none."""
+    m = re.search(r"\(retry (\d+)\)", message)
+    return int(m.group(1)) if m else 0
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -176,17 +184,19 @@ def test_unplug_mid_stream_is_a_disconnect_and_replug_reopens():
 
 
 def test_silence_becomes_a_disconnect():
-    emu = PS3EyeEmulator()
-    cam = _camera(emu, transfer_timeout_ms=50, stall_timeout_s=0.3)
+    clock = FakeClock()  # the camera and the driver on one logical clock: bulk reads time out at once
+    emu = PS3EyeEmulator(clock=clock)
+    cam = PS3EyeCamera(PS3EyeConfig(backend=emu, transfer_timeout_ms=50, stall_timeout_s=0.3), clock=clock)
     cam.open()
     try:
         cam.read()
         emu.stall()
-        t0 = time.monotonic()
+        t0 = clock.monotonic()
         with pytest.raises(DeviceDisconnected, match="no video"):
             cam.read()
-        assert 0.3 <= time.monotonic() - t0 < 1.0
-        assert cam.stats().timeouts >= 3
+        silent = clock.monotonic() - t0
+        assert 0.3 <= silent <= 0.3 + 0.05 + 1e-6, "a disconnect once the silence passes 0.3 s, at the next timeout"
+        assert cam.stats().timeouts * 0.05 == pytest.approx(silent, abs=1e-6), "spent in 50 ms reads that timed out"
     finally:
         cam.close()
 
@@ -199,16 +209,15 @@ def test_capture_worker_resumes_after_replug_and_keeps_frames(no_leaked_threads)
     worker = CaptureWorker(cam, ring, retry=FAST_RETRY, on_status=lambda s: states.append(s.state))
     worker.start()
     try:
-        assert wait_until(lambda: worker.status().frames >= 15, 3.0)
+        eventually(lambda: worker.status().frames >= 15, "15 frames before the unplug")
         before = ring.last(512)
         emu.unplug()
-        assert wait_until(lambda: worker.status().state is CaptureState.RETRYING, 2.0)
-        time.sleep(0.15)  # a few reopen attempts find nothing
+        eventually(lambda: _retries(worker.status().message) >= 3, "two reopen attempts finding nothing")
         emu.replug()
         n_before = worker.status().frames
-        assert wait_until(lambda: worker.status().frames >= n_before + 15, 3.0)
+        eventually(lambda: worker.status().frames >= n_before + 15, "15 frames after the replug")
     finally:
-        assert worker.stop(1.0)
+        assert worker.stop(DEADLINE_S), "the capture thread did not stop"
     st = worker.status()
     assert st.reconnects == 1 and st.state is CaptureState.STOPPED
     assert CaptureState.RETRYING in states

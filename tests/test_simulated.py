@@ -1,11 +1,11 @@
 import dataclasses
 import pickle
-import time
 
 import cv2
 import numpy as np
 import pytest
 
+from capture.clock import SYSTEM_CLOCK, Clock, FakeClock
 from capture.errors import SourceInvalid
 from capture.frame import GroundTruth, PixelFormat
 from capture.ring_buffer import RingBuffer
@@ -19,7 +19,8 @@ from capture.simulated import (
     to_raw_u16,
 )
 from capture.sources import SourceOptions, open_source
-from capture.worker import CaptureState, CaptureWorker, wait_until
+from capture.worker import CaptureState, CaptureWorker
+from tests.conftest import DEADLINE_S, eventually
 from trainers.degradations import (
     WEBCAM_NOISE_LEVELS,
     NoiseLevel,
@@ -33,9 +34,9 @@ BGR, BAYER = PixelFormat.BGR8, PixelFormat.BAYER16
 NO_ROTATION = ShakeConfig(sigma_deg=0.0, max_rotation_deg=0.0)
 
 
-def camera(**kw) -> SimulatedCamera:
+def camera(clock: Clock = SYSTEM_CLOCK, **kw) -> SimulatedCamera:
     kw.setdefault("realtime", False)
-    cam = SimulatedCamera(SimulatedConfig(**kw))
+    cam = SimulatedCamera(SimulatedConfig(**kw), clock=clock)
     cam.open()
     return cam
 
@@ -305,40 +306,62 @@ def test_bad_configs_and_misuse_fail_clearly():
 
 
 def test_paced_at_60_fps():
-    cam = camera(width=320, height=240, fps=60, realtime=True)
-    t0 = time.monotonic()
+    clock = FakeClock()
+    cam = camera(width=320, height=240, fps=60, realtime=True, clock=clock)
+    t0 = clock.monotonic_ns()
     fs = [cam.read() for _ in range(20)]
-    elapsed = time.monotonic() - t0
-    assert 0.25 <= elapsed < 3.0
-    gaps_ms = np.diff([f.t_capture_ns for f in fs]) / 1e6
-    assert 8 < np.median(gaps_ms) < 30
+    assert fs[0].t_capture_ns == t0, "the first frame comes at once, stamped by the camera's clock"
+    gaps = np.diff([f.t_capture_ns for f in fs]) / 1e9
+    np.testing.assert_allclose(gaps, 1 / 60, atol=1e-6)  # every frame in its slot, none early or late
+    assert clock.monotonic_ns() == fs[-1].t_capture_ns, "it waits for each slot, and no longer"
+
+
+def test_a_paced_camera_that_falls_behind_drops_frames_instead_of_bursting():
+    clock = FakeClock()
+    cam = camera(width=96, height=64, fps=30, realtime=True, clock=clock)
+    a, b = cam.read(), cam.read()
+    clock.advance(5 / 30)  # nobody read for five frame periods
+    late = clock.monotonic_ns()
+    c, d, e = cam.read(), cam.read(), cam.read()
+    assert c.t_capture_ns == late, "the late frame is taken at once"
+    # then the schedule starts again from it, instead of delivering the missed slots back to back
+    np.testing.assert_allclose(np.diff([f.t_capture_ns for f in (c, d, e)]) / 1e9, 1 / 30, atol=1e-6)
+    assert [f.seq for f in (a, b, c, d, e)] == [0, 1, 2, 3, 4]
 
 
 class _RenderClock(SimulatedCamera):
-    """Notes when each frame's rendering starts (a test-side subclass; the camera is unchanged)."""
+    """Notes when each frame's rendering starts and ends on the camera's clock, and makes rendering
+    take `render_s` of it (a test-side subclass; the camera is unchanged)."""
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, clock: FakeClock, render_s: float):
+        super().__init__(config, clock=clock)
+        self.render_s = render_s
         self.render_starts: list[float] = []
+        self.render_ends: list[float] = []
 
     def _render_bgr(self, *args):
-        self.render_starts.append(time.monotonic())
-        return super()._render_bgr(*args)
+        self.render_starts.append(self.clock.monotonic())
+        out = super()._render_bgr(*args)
+        self.clock.advance(self.render_s)
+        self.render_ends.append(self.clock.monotonic())
+        return out
 
 
 def test_paced_frames_are_rendered_just_before_they_are_due():
     # Rendered right after the previous frame left, a frame would compete with the model working on
     # that one; the camera waits and renders it at the end of its period instead.
-    cam = _RenderClock(SimulatedConfig(width=320, height=240, fps=30, realtime=True, moving_object=False))
+    period, render_s = 1 / 30, 0.008
+    cam = _RenderClock(SimulatedConfig(width=320, height=240, fps=30, realtime=True, moving_object=False),
+                       FakeClock(), render_s)
     cam.open()
-    returned = []
+    returned, captured = [], []
     for _ in range(12):
-        cam.read()
-        returned.append(time.monotonic())
+        captured.append(cam.read().t_capture_ns / 1e9)
+        returned.append(cam.clock.monotonic())
     idle_before_render = np.array(cam.render_starts[1:]) - np.array(returned[:-1])
-    assert np.median(idle_before_render) > 0.5 / 30  # most of the period passes before rendering starts
-    gaps_ms = np.diff(returned) * 1e3
-    assert 25 < np.median(gaps_ms) < 45  # and the frames still come at 30 fps
+    assert idle_before_render.min() > period / 2, "most of the period passes before rendering starts"
+    assert all(end <= t + 1e-9 for end, t in zip(cam.render_ends, captured)), "each frame is ready when due"
+    np.testing.assert_allclose(np.diff(returned), period, atol=1e-6)  # and the frames still come at 30 fps
 
 
 def test_pacing_does_not_change_the_pictures():
@@ -372,8 +395,9 @@ def test_runs_in_a_capture_worker_and_stops_cleanly(no_leaked_threads):
     ring = RingBuffer(4)
     worker = CaptureWorker(SimulatedCamera(SimulatedConfig(width=320, height=240, fps=60)), ring)
     worker.start()
-    assert wait_until(lambda: worker.status().frames >= 10, timeout=5.0)
-    assert worker.stop(1.0)
+    eventually(lambda: worker.status().frames >= 10, "the capture worker delivering 10 frames")
+    assert worker.stop(DEADLINE_S), "the capture thread did not stop"
+
     assert worker.status().state is CaptureState.STOPPED
     assert ring.latest().pixels.shape == (240, 320, 3)
 
