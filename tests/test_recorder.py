@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import sys
 import threading
 import time
@@ -13,11 +14,13 @@ import cv2
 import numpy as np
 import pytest
 
+import app.recorder
 from app.recorder import Recorder, RecorderConfig, RecorderError, RecorderState, RecordQueue, compose_frame
+from capture.clock import FakeClock
 from capture.ring_buffer import RingBuffer
 from engine.processor import BicubicProcessor, Result
 from engine.worker import EngineWorker, WorkerConfig
-from tests.conftest import make_bgr_frame
+from tests.conftest import DEADLINE_S, eventually, make_bgr_frame
 
 W, H = 160, 120  # input; outputs are 2x
 
@@ -70,11 +73,13 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def record(results, config: RecorderConfig, opener=None) -> Recorder:
-    rec = Recorder(config, opener=opener)
+    # On a FakeClock that nothing moves, stop() drains the whole queue however slowly this machine
+    # encodes (the drain's time limit has a test of its own).
+    rec = Recorder(config, opener=opener, clock=FakeClock())
     rec.start()
     for r in results:
         rec.queue.put(r)  # blocking put: these tests want every frame written
-    rec.stop()
+    rec.stop(timeout=DEADLINE_S)
     return rec
 
 
@@ -141,7 +146,7 @@ def test_frames_the_recorder_could_not_keep_up_with_are_counted(tmp_path):
         rec.offer(result(i, t))  # never blocks
     assert rec.status().dropped == 6
     rec.start()
-    st = rec.stop()
+    st = rec.stop(timeout=DEADLINE_S)
     assert (st.frames, st.dropped) == (4, 6)
     t, frames, _ = decode(st.path)
     assert len(frames) == 4
@@ -157,11 +162,10 @@ def test_engine_feeds_the_record_queue_without_waiting(tmp_path):
     try:
         for seq in range(12):
             ring.put(make_bgr_frame(seq, 16, 16))
-            deadline = time.monotonic() + 2
-            while worker.stats().processed + worker.stats().skipped < seq + 1 and time.monotonic() < deadline:
-                time.sleep(0.002)
+            eventually(lambda: worker.stats().processed + worker.stats().skipped >= seq + 1,
+                       f"the engine taking or skipping frame {seq}")
     finally:
-        assert worker.stop()
+        assert worker.stop(DEADLINE_S)
     processed = worker.stats().processed
     assert q.qsize() == 3 and q.dropped == processed - 3
 
@@ -189,8 +193,8 @@ def test_a_disk_that_fills_mid_recording_stops_it_with_a_message(tmp_path):
     for i, t in enumerate(times):
         if not rec.alive:
             break
-        rec.queue.put(result(i, t), timeout=5)
-    assert rec.stop().state is RecorderState.FAILED
+        rec.queue.put(result(i, t), timeout=DEADLINE_S)
+    assert rec.stop(timeout=DEADLINE_S).state is RecorderState.FAILED
     st = rec.status()
     assert "disk is full" in st.message and str(rec.path) in st.message and "free some space" in st.message.lower()
     assert 0 < st.frames < 300
@@ -210,7 +214,7 @@ def test_dev_full_stops_recording_at_the_first_write(tmp_path):
         if not rec.alive:
             break
         time.sleep(0.005)
-    st = rec.stop()
+    st = rec.stop(timeout=DEADLINE_S)
     assert st.state is RecorderState.FAILED and "disk is full" in st.message
 
 
@@ -231,12 +235,12 @@ def test_stop_while_frames_keep_coming_leaves_a_complete_file(tmp_path):
     feeder = threading.Thread(target=feed, name="test-feeder")
     feeder.start()
     try:
-        while rec.status().frames < 20:
-            time.sleep(0.01)
-        st = rec.stop()  # frames are still arriving
+        eventually(lambda: rec.status().frames >= 20 or not rec.alive, "the recorder writing 20 frames")
+        st = rec.stop(timeout=DEADLINE_S)  # frames are still arriving
     finally:
         stop_feeding.set()
-        feeder.join()
+        feeder.join(DEADLINE_S)
+    assert not feeder.is_alive()
     assert st.state is RecorderState.FINISHED
     _, frames, duration = decode(st.path)
     assert len(frames) == st.frames >= 20
@@ -244,32 +248,60 @@ def test_stop_while_frames_keep_coming_leaves_a_complete_file(tmp_path):
     assert duration > 0
 
 
-def test_an_unwritable_folder_is_refused_at_start(tmp_path):
-    (tmp_path / "ro").mkdir()
-    (tmp_path / "ro").chmod(0o500)
-    try:
-        if _can_write(tmp_path / "ro"):
-            pytest.skip("running as root: folder permissions do not stop us")
-        rec = Recorder(RecorderConfig(tmp_path / "ro" / "x.mp4"))
-        with pytest.raises(RecorderError, match="cannot record.*writable folder"):
-            rec.start()
-    finally:
-        (tmp_path / "ro").chmod(0o700)
+@pytest.mark.parametrize("code,says", [
+    (errno.EACCES, "cannot record.*Permission denied.*choose a writable folder"),
+    (errno.EROFS, "cannot record.*Read-only file system.*choose a writable folder"),
+    (errno.ENOSPC, "cannot record.*the disk is full.*No space left on device.*Free some space"),
+])
+def test_a_file_the_os_refuses_is_refused_at_start_with_what_to_do(tmp_path, monkeypatch, code, says):
+    """A folder we may not write, a read-only disk, a full disk: the OS refuses to create the file.
+
+    The refusal is injected where the recorder's default opener asks the OS for the file (its open()),
+    as open(2) reports it, so the test runs the same for any user, root included (root may write to a
+    folder without write permission, so a real chmod cannot stand in for one)."""
+    path = tmp_path / "rec" / "x.mp4"
+    asked = []
+
+    def refusing_open(file, mode="r", *args, **kwargs):
+        asked.append((Path(file), mode))
+        raise OSError(code, os.strerror(code), str(file))
+
+    monkeypatch.setattr(app.recorder, "open", refusing_open, raising=False)
+    rec = Recorder(RecorderConfig(path))
+    with pytest.raises(RecorderError, match=says):
+        rec.start()
+    assert asked == [(path, "w+b")], "the default opener creates the file for writing and reading back"
+    assert not rec.alive and rec.status().state is RecorderState.IDLE
+    assert rec.stop().state is RecorderState.FINISHED and not path.exists()
 
 
-def _can_write(folder: Path) -> bool:
-    try:
-        (folder / ".probe").write_bytes(b"")
-        (folder / ".probe").unlink()
-        return True
-    except OSError:
-        return False
+def test_drain_at_stop_gives_up_after_its_time_and_counts_the_rest(tmp_path):
+    """stop() encodes what is queued for drain_timeout_s of the recorder's clock, then drops the rest,
+    counted, so a slow disk cannot hold up the app's exit for ever. Each frame here takes a second of
+    that clock to write, so three of the ten queued fit in the three seconds."""
+    clock = FakeClock()
+
+    class SlowDisk(Recorder):
+        def _write(self, result):
+            super()._write(result)
+            clock.advance(1.0)
+
+    rec = SlowDisk(RecorderConfig(tmp_path / "slow.mp4", drain_timeout_s=3.0, queue_size=16), clock=clock)
+    times = capture_times(10)
+    for i, t in enumerate(times):
+        rec.offer(result(i, t))  # all ten are queued before the thread runs
+    rec._stop.set()  # stop asked before the thread starts: it goes straight to draining, all ten at once
+    rec.start()
+    st = rec.stop(timeout=DEADLINE_S)
+    assert st.state is RecorderState.FINISHED
+    assert (st.frames, st.dropped) == (3, 7), "3 s of a 1 s-per-frame drain, the other 7 counted"
+    t, frames, _ = decode(st.path)
+    assert len(frames) == 3 and t == pytest.approx([(x - times[0]) / 1e9 for x in times[:3]], abs=1e-3)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is a Linux feature")
 def test_the_recorder_thread_runs_below_the_display_path(tmp_path):
     """Its nice value (and so its encoder threads') is raised by config.nice; the caller's is not."""
-    import os
 
     def nice_here() -> int:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
@@ -285,6 +317,6 @@ def test_the_recorder_thread_runs_below_the_display_path(tmp_path):
     rec = Recorder(RecorderConfig(tmp_path / "n.mp4", nice=5), on_status=on_status)
     rec.start()
     rec.offer(result(0, 10**12))
-    assert rec.stop().frames == 1
+    assert rec.stop(timeout=DEADLINE_S).frames == 1
     assert seen and all(n == min(19, mine + 5) for _, n in seen), seen
     assert nice_here() == mine
