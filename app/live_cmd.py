@@ -29,8 +29,9 @@ def add_parser(sub) -> None:
     w.add_argument("--screenshot", default=None, metavar="OUT.png",
                    help="save the window when the run ends (after --frames/--seconds)")
     w.add_argument("--burst", type=int, default=None, help="burst length for BurstFusion (default 8)")
-    w.add_argument("--steps", type=int, choices=(1, 2, 4), default=None,
-                   help="step count for processors that have one")
+    w.add_argument("--steps", type=int, choices=(0, 1, 2, 4), default=None,
+                   help="step count for processors that have one (burst_fusion: its learned refinement's "
+                        "sampler steps, 0 for the merge alone; default 1)")
     w.add_argument("--weights-dir", default=None, help="weights folder (default: the repository's weights/)")
     p.set_defaults(run=run)
 
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"eyefuse live: {problem}", file=sys.stderr)
         return 2
     config = PipelineConfig(source=args.source, processor=args.model,
-                            source_options=SourceOptions(realtime=not args.fast))
+                            source_options=SourceOptions(realtime=not args.fast), steps=args.steps)
     if not args.headless:
         try:
             from app.window import run_window

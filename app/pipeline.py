@@ -29,6 +29,7 @@ class PipelineConfig:
     processor: str = "student_sr"
     ring_capacity: int = 16  # >= the longest burst a processor may ask for
     record_queue_size: int = 64
+    steps: int | None = None  # the processor's step count, for processors that have one (None: its default)
 
 
 class LatencyWindow:
@@ -81,6 +82,8 @@ class LivePipeline:
         """Start capture and engine. The processor is made from the config unless one is given
         (its load errors propagate: the caller decides whether to fall back)."""
         proc = processor or make_processor(self.config.processor)
+        if self.config.steps is not None:
+            proc.steps = self.config.steps  # StepsNotSupported (with its reason) propagates to the caller
         self.engine = EngineWorker(self.ring, proc, self.slot)
         self.engine.start()
         self._start_capture(self.source_spec)

@@ -205,8 +205,8 @@ class EngineWorker:
     def set_steps(self, steps: int) -> None:
         """Set the step count of the current (or just chosen) processor, between frames.
         Raises StepsNotSupported now if that processor has no step count."""
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        if not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be a non-negative integer (0: the processor's refinement off), got {steps!r}")
         with self._lock:
             target = self._pending or self._processor
             if target is None or target.steps is None:
