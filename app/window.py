@@ -51,7 +51,7 @@ from engine.processor import BUILTIN, Processor, Result, StepsNotSupported, make
 from engine.worker import ResultSlot, WorkerState
 
 RUNS_DIR = Path("runs")
-STEP_CHOICES = (1, 2, 4)
+STEP_CHOICES = (0, 1, 2, 4)  # 0: the processor's learned refinement off (BurstFusion: the merge alone)
 # A displayed frame's row in the stats timeline: when it was shown, and where its latency went.
 TIMELINE_COLUMNS = ("shown_s", "latency_ms", "wait_ms", "engine_ms", "to_screen_ms")
 SOURCE_CHOICES = ("simulated", "simulated:bayer", "ps3eye", "0")
@@ -379,7 +379,7 @@ class MainWindow(QMainWindow):
 
         self.steps_box = QComboBox()
         for k in STEP_CHOICES:
-            self.steps_box.addItem(str(k), k)
+            self.steps_box.addItem(str(k) if k else "off", k)
         self.steps_box.activated.connect(lambda i: self.request_steps(self.steps_box.itemData(i)))
         bar.addWidget(QLabel("  Steps "))
         bar.addWidget(self.steps_box)
@@ -713,7 +713,8 @@ class MainWindow(QMainWindow):
         has = steps is not None
         self.steps_box.setEnabled(has)
         if has:
-            self.steps_box.setToolTip("Sampler steps: more is slower and cleaner (K: next)")
+            self.steps_box.setToolTip("Learned refinement's sampler steps: off (the merge alone), 1, 2 or 4; "
+                                      "more is slower (K: next)")
             if steps in STEP_CHOICES and self.steps_box.currentData() != steps:
                 self.steps_box.setCurrentIndex(STEP_CHOICES.index(steps))
         else:

@@ -65,6 +65,8 @@ class Result:
     steps: int | None = None
     skipped: int = 0
     error: str | None = None
+    notice: str | None = None  # something the processor wants shown (a fallback it took, a part that is off)
+    psnr_vs_truth: float | None = None  # where the source knows the truth
 
     @property
     def ok(self) -> bool:
@@ -131,8 +133,14 @@ class Processor(abc.ABC):
         t_done = time.monotonic_ns()
         check_bgr8(output, f"{self.name} output")
         ref = frames[-1]
+        notice, psnr = self.take_report()
         return Result(frames, input_bgr, output, ref.seq, ref.t_capture_ns, t_start, t_done,
-                      timer.stages, self.name, self.steps)
+                      timer.stages, self.name, self.steps, notice=notice, psnr_vs_truth=psnr)
+
+    def take_report(self) -> tuple[str | None, float | None]:
+        """(notice, PSNR against the truth) about the frame just enhanced: a processor that can
+        fall back or score itself overrides this."""
+        return None, None
 
     def close(self) -> None:
         """Release what the processor holds (sessions, buffers). Idempotent."""
@@ -200,7 +208,7 @@ BUILTIN: dict[str, Callable[[], Processor]] = {
 
 
 # Processors whose `steps` can be set (the window's step control and `--steps` act on these only).
-STEP_PROCESSORS: frozenset[str] = frozenset()
+STEP_PROCESSORS: frozenset[str] = frozenset({"burst_fusion"})
 
 
 def processor_names(weights_dir: Path | str | None = None) -> list[str]:

@@ -77,11 +77,20 @@ def trained(tmp_path_factory):
                                               "--eval-sample-steps", "2", "--checkpoint", str(root / f"{objective}.ckpt"),
                                               "--log-path", str(root / objective / "log.csv"),
                                               "--weights", str(root / f"{objective}.pt")]) == 0
+    from trainers import train_consistency
+
+    assert train_consistency.main(common + ["--teacher-checkpoint", str(root / "diffusion.pt"), "--vae",
+                                            str(root / "vae.pt"), "--steps", "2", "--checkpoint",
+                                            str(root / "consistency.ckpt"), "--log-path",
+                                            str(root / "consistency" / "log.csv"),
+                                            "--weights", str(root / "consistency.pt")]) == 0
     weights = root / "weights"
     weights.mkdir()
     (weights / "manifest.json").write_text(json.dumps({"schema": 1, "models": {}}))
-    names = export_refine.export_all(root / "vae.pt", root / "diffusion.pt", root / "regress.pt", weights)
-    assert names == ["burst_raw_encoder", "burst_raw_decoder", "burst_teacher_step", "burst_regressor"]
+    names = export_refine.export_all(root / "vae.pt", root / "diffusion.pt", root / "regress.pt", weights,
+                                     consistency_path=root / "consistency.pt")
+    assert names == ["burst_raw_encoder", "burst_raw_decoder", "burst_teacher_step", "burst_regressor",
+                     "burst_consistency_1", "burst_consistency_2", "burst_consistency_4"]
     return root
 
 
@@ -98,7 +107,7 @@ def test_the_engine_refines_planes_of_any_size_as_torch_does(trained, model):
     from trainers.refine_training import globals_from, load_weights
     from trainers.train_diffusion import sample
 
-    refiner = BurstRefiner(RefineConfig(model, steps=3), trained / "weights")
+    refiner = BurstRefiner(RefineConfig(model, steps=3, guard=False), trained / "weights")
     rng = np.random.default_rng(0)
     merged = rng.random((4, 60, 90), dtype=np.float32) * 0.3  # not multiples of 8: padded and cropped back
     noise = NoiseModel((1e-3,) * 4, (1e-4,) * 4)
@@ -173,3 +182,64 @@ def test_the_data_resumes_at_the_first_missing_shard(tmp_path):
     write_split(tmp_path, "train", images, 3, SPEC, first_index=0)
     again = load_split(tmp_path, "train")
     assert all(np.array_equal(first[k], again[k]) for k in first)
+
+
+def _bayer_frames(n: int = 8):
+    from capture.simulated import SimulatedCamera, SimulatedConfig
+    from capture.frame import PixelFormat
+
+    cam = SimulatedCamera(SimulatedConfig(width=160, height=96, pixel_format=PixelFormat.BAYER16, realtime=False))
+    cam.open()
+    try:
+        return [cam.read() for _ in range(n)]
+    finally:
+        cam.close()
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_each_consistency_step_count_is_one_graph_that_equals_torch(trained, k):
+    from trainers.export_refine import ConsistencyGraph
+    from trainers.refine_training import load_weights
+
+    refiner = BurstRefiner(RefineConfig("consistency", k, guard=False), trained / "weights")
+    merged = np.random.default_rng(k).random((4, 40, 56), dtype=np.float32) * 0.4
+    noise = NoiseModel((1e-3,) * 4, (1e-4,) * 4)
+    out = refiner.refine_planes(merged, np.ones((2, 2), np.float32), noise, 8, LensModel(), "RGGB")
+    vae, student = RawVAE(), LatentUNet()
+    load_weights(vae, load_checkpoint(trained / "vae.pt", "raw_vae_weights")["model"], trained / "vae.pt")
+    load_weights(student, load_checkpoint(trained / "consistency.pt", "latent_consistency_weights")["model"], "c")
+    cond = condition_maps(merged, np.ones((2, 2), np.float32), noise, 8, LensModel(), "RGGB")
+    with torch.no_grad():
+        want = ConsistencyGraph(vae, student, k)(torch.from_numpy(merged)[None], torch.from_numpy(cond)[None])
+    assert np.allclose(out, want[0].numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="runs \\(1, 2, 4\\) steps"):
+        RefineConfig("consistency", 3)
+
+
+def test_burst_fusion_switches_steps_between_bursts_and_reports_them(trained):
+    from engine.burst.fusion import BurstFusion
+
+    frames = _bayer_frames()
+    proc = BurstFusion(8, steps=2, weights_dir=str(trained / "weights"))
+    r = proc.process(frames)
+    assert r.steps == 2 and "refine (2 steps, guard)" in r.stages and r.notice is None
+    assert r.psnr_vs_truth is not None and r.psnr_vs_truth > 20  # the simulated camera knows the truth
+    proc.steps = 0
+    r0 = proc.process(frames)
+    assert r0.steps == 0 and not any(k.startswith("refine") for k in r0.stages)
+    proc.steps = 4
+    assert proc.process(frames).steps == 4
+    with pytest.raises(ValueError, match="steps must be one of"):
+        proc.steps = 3
+
+
+def test_burst_fusion_without_refinement_weights_runs_the_merge_and_says_why(tmp_path):
+    from engine.burst.fusion import BurstFusion
+    from engine.processor import StepsNotSupported
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema": 1, "models": {}}))
+    proc = BurstFusion(8, weights_dir=str(tmp_path))
+    r = proc.process(_bayer_frames())
+    assert r.ok and r.steps == 0 and "learned refinement is off" in r.notice and "burst_consistency_1" in r.notice
+    with pytest.raises(StepsNotSupported, match="only steps 0"):
+        proc.steps = 1

@@ -6,6 +6,8 @@
                          which the engine's offline sampler calls once per step
     burst_regressor      merged planes, cond -> planes: the whole regressor control in one graph
                          (encoder, network at t = 1, its own decoder)
+    burst_consistency_K  merged planes, cond -> planes: the consistency student's K-step sample
+                         (K = 1, 2, 4) in one graph each, so ONNX Runtime runs one session a frame
 
 H and W are dynamic (multiples of 8). The per-sample scalars the network takes are computed inside
 the graphs from the conditioning maps (refine_training.globals_from), so the engine feeds maps only.
@@ -70,6 +72,30 @@ class RegressorGraph(nn.Module):
         return self.decode(self.unet(zm, zm, cond, t, globals_from(cond)), merged)
 
 
+class ConsistencyGraph(nn.Module):
+    """The whole k-step consistency refinement in one graph: encoder, k evaluations of the
+    consistency function (trainers.train_consistency.multistep), decoder over the merge."""
+
+    def __init__(self, vae: RawVAE, student: LatentUNet, k: int):
+        super().__init__()
+        self.encode, self.student, self.k = EncoderGraph(vae), student, k
+        self.decode = DecoderGraph(vae.decoder, float(vae.scale))
+
+    def forward(self, merged: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        from trainers.train_consistency import consistency, step_times
+
+        zm = self.encode(merged)
+        g = globals_from(cond)
+        z, x0 = zm, zm
+        for i, tau in enumerate(step_times(self.k)):
+            t = torch.full((zm.shape[0],), tau, dtype=zm.dtype)
+            if i:
+                e = torch.sin(0.5 * torch.pi * t).pow(2).view(-1, 1, 1, 1)
+                z = x0 + e * (zm - x0)
+            x0 = consistency(self.student, z, zm, cond, t, g)
+        return self.decode(x0, merged)
+
+
 def planes_spec(name: str) -> TensorSpec:
     return TensorSpec(name, "float32", [1, 4, "H", "W"], "NCHW")
 
@@ -95,7 +121,8 @@ def export_graph(module: nn.Module, inputs: dict[str, torch.Tensor], output: str
 
 
 def export_all(vae_path: Path, teacher_path: Path | None, regressor_path: Path | None, weights_dir: Path,
-               quality: dict | None = None, training: dict | None = None) -> list[str]:
+               quality: dict | None = None, training: dict | None = None,
+               consistency_path: Path | None = None) -> list[str]:
     """Write the graphs whose weights are given into weights_dir and the manifest; returns their names."""
     vae_state = load_checkpoint(vae_path, "raw_vae_weights")
     vae = RawVAE()
@@ -155,6 +182,22 @@ def export_all(vae_path: Path, teacher_path: Path | None, regressor_path: Path |
                  "the regressor control: the teacher's network and decoder trained as a one-pass regressor on the "
                  "same data for the same time (encoder, network at t = 1 from the merge, decoder, one graph)",
                  {"train_steps": int(state["step"]), "train_minutes": round(float(state["seconds"]) / 60, 1)})
+    if consistency_path is not None:
+        from trainers.train_consistency import STEP_COUNTS
+
+        state = load_checkpoint(consistency_path, "latent_consistency_weights")
+        student = LatentUNet()
+        load_weights(student, state["model"], consistency_path)
+        for k in STEP_COUNTS:
+            path = export_graph(ConsistencyGraph(vae, student, k), {"merged": planes, "cond": cond}, "planes",
+                                weights_dir / f"burst_consistency_{k}.onnx",
+                                {"merged": dyn_planes, "cond": dyn_latent, "planes": dyn_planes})
+            register(f"burst_consistency_{k}", path, [planes_spec("merged"), latent_spec("cond", C_MAPS)],
+                     [planes_spec("planes")],
+                     f"the consistency student distilled from the teacher, {k} step{'s' * (k > 1)} in one graph "
+                     f"(encoder, {k} evaluation{'s' * (k > 1)} of the consistency function, decoder)",
+                     {"steps": k, "train_steps": int(state["step"]),
+                      "train_minutes": round(float(state["seconds"]) / 60, 1)})
     return written
 
 
@@ -164,12 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae", type=Path, default=d / "raw_vae.pt")
     p.add_argument("--teacher", type=Path, default=d / "teacher.pt")
     p.add_argument("--regressor", type=Path, default=d / "regressor.pt")
+    p.add_argument("--consistency", type=Path, default=d / "consistency.pt")
     p.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR)
     p.add_argument("--data", default="trainers.burst_refine_data defaults (BSDS500 train+test, 6144 bursts)")
     args = p.parse_args(argv)
     training = {"command": "trainers/train_burst_refine.sh", "data": args.data}
     names = export_all(args.vae, args.teacher if args.teacher.exists() else None,
-                       args.regressor if args.regressor.exists() else None, args.weights_dir, training=training)
+                       args.regressor if args.regressor.exists() else None, args.weights_dir, training=training,
+                       consistency_path=args.consistency if args.consistency.exists() else None)
     print("exported " + ", ".join(names))
     return 0
 

@@ -47,7 +47,7 @@ from engine.burst.raw import (
     normalise,
     repair_defects,
 )
-from engine.processor import FrameFormatError, Processor, StageTimer
+from engine.processor import FrameFormatError, Processor, StageTimer, StepsNotSupported
 
 
 REALIGN = 1.1  # noise models further apart than this (variance at mid grey) align differently
@@ -325,13 +325,21 @@ class BurstFusion(Processor):
     BAYER16 frames only (the simulated Bayer camera, a DNG folder played as a stream). The
     "before" picture is the reference frame through the same ISP (and lens correction), so the
     two compare fairly. Frames that do not match the newest (after a source switch, say) are
-    left out, not fatal. `steps` is None: the learned refinement that will use it comes later.
+    left out, not fatal.
+
+    steps: the learned refinement after the merge (engine/burst/refine.py, the consistency
+    student with its hallucination guard): 0 (off: the merge alone), 1, 2 or 4 sampler steps. Set
+    between frames (the engine worker applies it between bursts, so one result never mixes two).
+    Without the refinement's weights the burst path runs without it and `notice` says why; a
+    refinement that gives NaN shows the merge for that burst, with a notice.
     """
 
     name = "burst_fusion"
     DEFECT_REFRESH = 64
+    STEP_CHOICES = (0, 1, 2, 4)
 
-    def __init__(self, frames: int = 8, config: BurstConfig | None = None):
+    def __init__(self, frames: int = 8, config: BurstConfig | None = None, steps: int = 1,
+                 weights_dir: str | None = None):
         if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
             raise ValueError(f"burst length must be a positive integer, got {frames!r}")
         self.frames_needed = frames
@@ -344,7 +352,37 @@ class BurstFusion(Processor):
         self._noise_key: tuple | None = None
         self._calls = 0
         self.last: FusedBurst | None = None
+        self.notice: str | None = None
+        self.psnr_vs_truth: float | None = None
+        self._refiners: dict[int, object] = {}
+        self._refine_error: str | None = None
+        self._load_refiners(weights_dir)
+        self._steps = 0
+        self.steps = steps if not self._refine_error else 0
         prepare_for_bursts(self.config)  # compile here (the loader's thread), not on the engine's first burst
+
+    def _load_refiners(self, weights_dir) -> None:
+        from engine.burst.refine import CONSISTENCY_STEPS, BurstRefiner, RefineConfig
+        from engine.manifest import WEIGHTS_DIR, WeightsError
+
+        try:
+            for k in CONSISTENCY_STEPS:
+                self._refiners[k] = BurstRefiner(RefineConfig("consistency", k), weights_dir or WEIGHTS_DIR)
+        except WeightsError as exc:
+            self._refiners.clear()
+            self._refine_error = f"the learned refinement is off: {exc}"
+
+    @property
+    def steps(self) -> int:
+        return self._steps
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        if value not in self.STEP_CHOICES:
+            raise ValueError(f"burst_fusion steps must be one of {self.STEP_CHOICES} (0: the merge alone), got {value!r}")
+        if value and self._refine_error:
+            raise StepsNotSupported(f"{self._refine_error}; only steps 0 (the merge alone) can run")
+        self._steps = value
 
     def enhance(self, frames: Sequence[Frame], timer: StageTimer) -> tuple[np.ndarray, np.ndarray]:
         frames = list(frames)[-self.frames_needed :]
@@ -359,6 +397,14 @@ class BurstFusion(Processor):
         key = (ref.raw.exposure_time_s, ref.raw.iso, ref.raw.noise_profile, ref.pixels.shape)
         noise = None if refresh or key != self._noise_key else self._noise
         fused = fuse_burst(frames, self.config, timer, warn=not self._warned_single, defects=known, noise=noise)
+        self.notice = self._refine_error
+        steps = self._steps
+        if steps and len(fused.used) > 1 and not self._refine_error:
+            refiner = self._refiners[steps]
+            with timer.stage(f"refine ({steps} step{'s' * (steps > 1)}, guard)"):
+                fused.planes = refiner.refine(fused)
+            self.notice = refiner.last_note
+        self.psnr_vs_truth = _planes_psnr(fused, ref)
         self._calls += 1
         if len(fused.used) == 1:
             self._warned_single = True
@@ -375,6 +421,22 @@ class BurstFusion(Processor):
                                        self._lens_cache)
         return before, after
 
+    def take_report(self) -> tuple[str | None, float | None]:
+        return self.notice, self.psnr_vs_truth
+
     def close(self) -> None:
         self._lens_cache.clear()
+        self._refiners.clear()
         self.last = None
+
+
+def _planes_psnr(fused: FusedBurst, ref: Frame) -> float | None:
+    """Gamma PSNR (dB) of the output planes against the reference's clean planes, where the source
+    knows them (the simulated Bayer camera's ground truth), else None."""
+    truth = ref.truth
+    if truth is None or truth.clean.shape != ref.pixels.shape:
+        return None
+    clean = normalise(truth.clean, ref.raw)
+    out = np.clip(fused.planes, 0.0, 1.0) ** (1 / 2.2)
+    mse = float(np.mean((out - np.clip(clean, 0.0, 1.0) ** (1 / 2.2)) ** 2))
+    return 10.0 * float(np.log10(1.0 / mse)) if mse > 0 else float("inf")

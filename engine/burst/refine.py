@@ -3,12 +3,18 @@
     refiner = BurstRefiner(RefineConfig(model="teacher", steps=50))
     planes = refiner.refine(fused)            (4, h, w) -> (4, h, w), the merge where it cannot
 
-Two models (trainers/train_diffusion.py; exported by trainers/export_refine.py):
+Three models (trainers/train_diffusion.py, trainers/train_consistency.py; exported by
+trainers/export_refine.py):
 
-    regressor   one graph: the merge's latent through the network once, decoded over the merge
-    teacher     the latent diffusion teacher, offline: the merge's latent plus kappa x seeded
-                noise, `steps` deterministic steps of the ResShift sampler (each one ONNX run of
-                burst_teacher_step), then the decoder over the merge
+    regressor     one graph: the merge's latent through the network once, decoded over the merge
+    teacher       the latent diffusion teacher, offline: the merge's latent plus kappa x seeded
+                  noise, `steps` deterministic steps of the ResShift sampler (each one ONNX run of
+                  burst_teacher_step), then the decoder over the merge
+    consistency   the few-step student, live: `steps` in (1, 2, 4), each count one graph
+                  (burst_consistency_K: encoder, K steps, decoder), deterministic (no start noise)
+
+Then the hallucination guard (engine/burst/guard.py) holds the result to what the burst shows,
+unless RefineConfig.guard is off.
 
     z0_hat = F(z_t, t);  eps = (z_t - z0_hat - eta(t) (z_m - z0_hat)) / (kappa sqrt(eta(t)))
     z_s = z0_hat + eta(s) (z_m - z0_hat) + kappa sqrt(eta(s)) eps,   eta(t) = sin^2(pi t / 2)
@@ -24,28 +30,42 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.burst.guard import guard
 from engine.burst.lens import LensModel
 from engine.burst.refine_inputs import LATENT_FACTOR, condition_maps
 from engine.manifest import WEIGHTS_DIR, WeightsError
 
-REFINE_MODELS = ("regressor", "teacher")
-_GRAPHS = {"regressor": ("burst_regressor",),
-           "teacher": ("burst_raw_encoder", "burst_teacher_step", "burst_raw_decoder")}
+REFINE_MODELS = ("regressor", "teacher", "consistency")
+CONSISTENCY_STEPS = (1, 2, 4)
+
+
+def graphs_for(model: str, steps: int) -> tuple[str, ...]:
+    """The manifest models a refinement runs."""
+    if model == "regressor":
+        return ("burst_regressor",)
+    if model == "teacher":
+        return ("burst_raw_encoder", "burst_teacher_step", "burst_raw_decoder")
+    return (f"burst_consistency_{steps}",)
 
 
 @dataclass(frozen=True)
 class RefineConfig:
-    """model: "regressor" or "teacher"; steps: the teacher's sampler steps; seed: its start noise."""
+    """model: "regressor", "teacher" or "consistency"; steps: the teacher's sampler steps, or the
+    consistency student's (1, 2 or 4); seed: the teacher's start noise; guard: the hallucination
+    guard after the model."""
 
     model: str = "regressor"
     steps: int = 50
     seed: int = 0
+    guard: bool = True
 
     def __post_init__(self) -> None:
         if self.model not in REFINE_MODELS:
             raise ValueError(f"refine model must be one of {REFINE_MODELS}, got {self.model!r}")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"refine steps must be a positive integer, got {self.steps!r}")
+        if self.model == "consistency" and self.steps not in CONSISTENCY_STEPS:
+            raise ValueError(f"the consistency refinement runs {CONSISTENCY_STEPS} steps, not {self.steps}")
 
 
 def eta(t: float) -> float:
@@ -73,7 +93,7 @@ class BurstRefiner:
 
         self.config = cfg
         self.models = {}
-        for name in _GRAPHS[cfg.model]:
+        for name in graphs_for(cfg.model, cfg.steps):
             try:
                 self.models[name] = load_model(name, weights_dir)
             except WeightsError as exc:
@@ -97,10 +117,11 @@ class BurstRefiner:
         padded, (h, w) = pad_to_latent(merged)
         cond = condition_maps(padded, confidence, noise, frames, lens, pattern)[None]
         x = padded[None]
-        if self.config.model == "regressor":
-            out = self.models["burst_regressor"].session.run(None, {"merged": x, "cond": cond})[0]
-        else:
+        if self.config.model == "teacher":
             out = self._sample(x, cond)
+        else:
+            (name,) = graphs_for(self.config.model, self.config.steps)
+            out = self.models[name].session.run(None, {"merged": x, "cond": cond})[0]
         out = out[0, :, :h, :w]
         self.last_note = None
         if not np.isfinite(out).all():
@@ -108,10 +129,13 @@ class BurstRefiner:
             self.last_note = (f"the {self.config.model} refinement gave {bad} NaN/Inf values: the merge is shown "
                               f"for this burst instead")
             return np.ascontiguousarray(merged, np.float32)
-        return np.ascontiguousarray(out, np.float32)
+        out = np.ascontiguousarray(out, np.float32)
+        if self.config.guard:
+            out = guard(out, merged, noise.variance(np.ascontiguousarray(merged)) / max(frames, 1), confidence)
+        return out
 
     def _sample(self, x: np.ndarray, cond: np.ndarray) -> np.ndarray:
-        enc, step, dec = (self.models[n].session for n in _GRAPHS["teacher"])
+        enc, step, dec = (self.models[n].session for n in graphs_for("teacher", self.config.steps))
         zm = enc.run(None, {"planes": x})[0]
         rng = np.random.default_rng(self.config.seed)
         z = zm + self.kappa * rng.standard_normal(zm.shape, dtype=np.float32)
