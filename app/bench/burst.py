@@ -254,16 +254,29 @@ def _stack(frames) -> np.ndarray:
     return np.stack([normalise(f.pixels, f.raw) for f in frames])
 
 
-REFINE_ROWS = ("merge (ours)", "merge + regressor control", "merge + teacher, 50 steps", "autoencoder ceiling")
+REFINE_ROWS = ("merge (ours)", "merge + regressor control", "merge + teacher, 50 steps",
+               "merge + consistency, 1 step", "merge + consistency, 2 steps", "merge + consistency, 4 steps",
+               "consistency, 1 step, no guard", "consistency, 2 steps, no guard", "consistency, 4 steps, no guard",
+               "autoencoder ceiling")
 
 
-def refine_quality(images, gains, frames: int, seed: int, teacher_steps: int = 50) -> dict | None:
-    """The learned refinement beside the merge, on the same bursts: the regressor control, the
-    diffusion teacher (teacher_steps sampler steps) and the autoencoder's ceiling D(E(clean), merge);
-    linear and gamma PSNR, gamma SSIM per gain, ms per 640x480 burst, model sizes. None (with the
-    reason printed) when the refinement's weights are not there."""
+def refine_quality(images, gains, frames: int, seed: int, teacher_steps: int = 50, seeds: int = 2) -> dict | None:
+    """The learned refinement beside the merge, on the same bursts (each image at `seeds` noise
+    draws): the regressor control, the diffusion teacher (teacher_steps sampler steps), the
+    consistency student at 1, 2 and 4 steps with and without the hallucination guard, and the
+    autoencoder's ceiling D(E(clean), merge). Linear and gamma PSNR, gamma SSIM, hallucination and
+    over-smoothing rates (engine/burst/guard.py) per gain, with the spread of the rate over the
+    seeds; ms per 640x480 burst; model sizes. None (the reason printed) without the weights."""
     from engine.burst.fusion import BurstConfig, fuse_burst
-    from engine.burst.refine import BurstRefiner, RefineConfig, pad_to_latent
+    from engine.burst.guard import hallucination_rate
+    from engine.burst.refine import (
+        CONSISTENCY_STEPS,
+        BurstRefiner,
+        RefineConfig,
+        burst_confidence,
+        guard_refinement,
+        pad_to_latent,
+    )
     from engine.manifest import WeightsError, load_manifest
     from engine.runtime import load_model
     from trainers.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, burst_frames, score, synthesize_burst
@@ -271,39 +284,57 @@ def refine_quality(images, gains, frames: int, seed: int, teacher_steps: int = 5
     try:
         regressor = BurstRefiner(RefineConfig("regressor"))
         teacher = BurstRefiner(RefineConfig("teacher", teacher_steps))
+        students = {k: BurstRefiner(RefineConfig("consistency", k, guard=False)) for k in CONSISTENCY_STEPS}
         encoder, decoder = load_model("burst_raw_encoder").session, load_model("burst_raw_decoder").session
     except WeightsError as exc:
         print(f"refinement rows skipped: {exc}", flush=True)
         return None
-    out: dict = {"scores": {}, "ms": {r: [] for r in REFINE_ROWS}, "sizes_bytes": {}}
+    out: dict = {"scores": {}, "ms": {r: [] for r in REFINE_ROWS}, "sizes_bytes": {}, "seeds": seeds,
+                 "images": len(images)}
     for name, entry in load_manifest().items():
         if entry.kind == "burst_refine":
             out["sizes_bytes"][name] = entry.bytes
     for gain in gains:
         rows: dict[str, list] = {r: [] for r in REFINE_ROWS}
-        for k, (name, img) in enumerate(images):
-            b = synthesize_burst(img, frames, np.random.default_rng([seed, 21, gain, k]), KPN_GAINS[gain],
-                                 SYNTHETIC_BURST_MOTION, size=(640, 480), name=name)
-            fused, ms, _ = timed(fuse_burst, burst_frames(b), BurstConfig(reference="first", lens="off"))
-            reg, ms_reg, _ = timed(regressor.refine, fused)
-            tea, ms_tea, _ = timed(teacher.refine, fused)
-            merged_pad, (h, w) = pad_to_latent(fused.planes)
-            clean_pad, _ = pad_to_latent(b.clean[0])
-            t0 = time.perf_counter()
-            z = encoder.run(None, {"planes": clean_pad[None]})[0]
-            ceiling = decoder.run(None, {"latent": z, "merged": merged_pad[None]})[0][0, :, :h, :w]
-            ms_ceiling = (time.perf_counter() - t0) * 1e3
-            for row, planes, t in ((REFINE_ROWS[0], fused.planes, ms), (REFINE_ROWS[1], reg, ms_reg),
-                                   (REFINE_ROWS[2], tea, ms_tea), (REFINE_ROWS[3], ceiling, ms_ceiling)):
-                s_ = score(planes, b.clean[0], BORDER)
-                rows[row].append([s_.psnr_linear, s_.psnr_gamma, s_.ssim_gamma])
-                if k:  # the first burst of each gain warms the sessions up
-                    out["ms"][row].append(t)
+        rates: dict[str, list] = {r: [[] for _ in range(seeds)] for r in REFINE_ROWS}
+        for s_ in range(seeds):
+            for k, (name, img) in enumerate(images):
+                b = synthesize_burst(img, frames, np.random.default_rng([seed, 21, gain, k, s_]), KPN_GAINS[gain],
+                                     SYNTHETIC_BURST_MOTION, size=(640, 480), name=name)
+                fused, ms_fuse, _ = timed(fuse_burst, burst_frames(b), BurstConfig(reference="first", lens="off"))
+                planes = {REFINE_ROWS[0]: (fused.planes, ms_fuse)}
+                reg, ms = timed(regressor.refine, fused)[:2]
+                planes[REFINE_ROWS[1]] = (reg, ms)
+                tea, ms = timed(teacher.refine, fused)[:2]
+                planes[REFINE_ROWS[2]] = (tea, ms)
+                conf = burst_confidence(fused)
+                for i, kk in enumerate(CONSISTENCY_STEPS):
+                    raw, ms_raw = timed(students[kk].refine, fused)[:2]
+                    guarded, ms_guard = timed(guard_refinement, raw, fused.planes, conf, fused.noise, len(fused.used))[:2]
+                    planes[REFINE_ROWS[3 + i]] = (guarded, ms_raw + ms_guard)
+                    planes[REFINE_ROWS[6 + i]] = (raw, ms_raw)
+                merged_pad, (h, w) = pad_to_latent(fused.planes)
+                clean_pad, _ = pad_to_latent(b.clean[0])
+                t0 = time.perf_counter()
+                z = encoder.run(None, {"planes": clean_pad[None]})[0]
+                ceiling = decoder.run(None, {"latent": z, "merged": merged_pad[None]})[0][0, :, :h, :w]
+                planes[REFINE_ROWS[9]] = (ceiling, (time.perf_counter() - t0) * 1e3)
+                for row, (x, ms) in planes.items():
+                    sc = score(x, b.clean[0], BORDER)
+                    rate, smooth = hallucination_rate(x, fused.planes, b.clean[0])
+                    rows[row].append([sc.psnr_linear, sc.psnr_gamma, sc.ssim_gamma, rate, smooth])
+                    rates[row][s_].append(rate)
+                    if k or s_:  # the first burst of each gain warms the sessions up
+                        out["ms"][row].append(ms)
         out["scores"][gain] = {r: np.mean(v, axis=0).tolist() for r, v in rows.items()}
+        out.setdefault("rate_spread", {})[gain] = {r: float(np.std([np.mean(x) for x in v])) for r, v in rates.items()}
         sc = out["scores"][gain]
         print(f"refine gain {gain}: merge {sc[REFINE_ROWS[0]][1]:.2f}, regressor {sc[REFINE_ROWS[1]][1]:.2f}, teacher "
-              f"{sc[REFINE_ROWS[2]][1]:.2f}, ceiling {sc[REFINE_ROWS[3]][1]:.2f} dB gamma", flush=True)
+              f"{sc[REFINE_ROWS[2]][1]:.2f}, consistency 1/2/4 " + " / ".join(f"{sc[REFINE_ROWS[3 + i]][1]:.2f}"
+                                                                              for i in range(3))
+              + f", ceiling {sc[REFINE_ROWS[9]][1]:.2f} dB gamma", flush=True)
     out["ms"] = {r: float(np.median(v)) for r, v in out["ms"].items()}
+    out["whole_path_ms"] = {r: out["ms"][REFINE_ROWS[0]] + out["ms"][r] for r in REFINE_ROWS[1:9]}
     out["teacher_steps"] = teacher_steps
     return out
 
@@ -311,22 +342,36 @@ def refine_quality(images, gains, frames: int, seed: int, teacher_steps: int = 5
 def refine_section(refine: dict, gains) -> str:
     rows = []
     for r in REFINE_ROWS:
-        rows.append([r] + [" / ".join(f"{v:.2f}" if i < 2 else f"{v:.3f}" for i, v in enumerate(refine["scores"][g][r]))
-                           for g in gains] + [f"{refine['ms'][r]:.0f}"])
+        cells = []
+        for g in gains:
+            lin, gam, ssim_, rate, smooth = refine["scores"][g][r]
+            spread = refine.get("rate_spread", {}).get(g, {}).get(r)
+            cells.append(f"{lin:.2f} / {gam:.2f} / {ssim_:.3f} / {100 * rate:.1f}%"
+                         + (f" (±{100 * spread:.1f})" if spread else "") + f" / {100 * smooth:.0f}%")
+        whole = refine["whole_path_ms"].get(r)
+        rows.append([r] + cells + [f"{refine['ms'][r]:.0f}" + (f" ({whole:.0f})" if whole else "")])
     merge = {g: refine["scores"][g][REFINE_ROWS[0]][1] for g in gains}
     gaps = "; ".join(f"gain {g}: regressor {refine['scores'][g][REFINE_ROWS[1]][1] - merge[g]:+.2f}, teacher "
-                     f"{refine['scores'][g][REFINE_ROWS[2]][1] - merge[g]:+.2f}, ceiling "
-                     f"{refine['scores'][g][REFINE_ROWS[3]][1] - merge[g]:+.2f} dB" for g in gains)
+                     f"{refine['scores'][g][REFINE_ROWS[2]][1] - merge[g]:+.2f}, consistency 1 step "
+                     f"{refine['scores'][g][REFINE_ROWS[3]][1] - merge[g]:+.2f}, ceiling "
+                     f"{refine['scores'][g][REFINE_ROWS[9]][1] - merge[g]:+.2f} dB" for g in gains)
     sizes = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sorted(refine["sizes_bytes"].items()))
     total = sum(refine["sizes_bytes"].values()) / 1e6
-    return (markdown_table(["8 x 640x480 Kodak24 bursts"] + [f"gain {g}: PSNR lin / gamma / SSIM gamma" for g in gains]
-                           + ["ms per burst (median)"], rows)
-            + f"\n\nOver the merge (gamma PSNR): {gaps}. The merge row's time is the whole fuse_burst (raw, align, "
-            f"noise check, merge); the others' are the refinement alone, after it (the teacher: "
-            f"{refine['teacher_steps']} sampler steps, the encoder and decoder once; the ceiling: the encoder on the "
-            f"clean planes and the decoder over the merge, what a perfect latent would give). Models: {sizes} "
-            f"({total:.2f} MB in all). Bursts as in the merge quality table (other noise draws). MFIR (a learned "
-            f"burst denoiser trained for it) reports 42.2 / 39.1 / 35.8 / 32.5 dB gamma on this protocol.")
+    return (markdown_table(["8 x 640x480 Kodak24 bursts"]
+                           + [f"gain {g}: PSNR lin / gamma / SSIM gamma / hallucinated / over-smoothed" for g in gains]
+                           + ["ms per burst, median (whole path)"], rows)
+            + f"\n\nOver the merge (gamma PSNR): {gaps}. {refine['images']} images x {refine['seeds']} noise draws "
+            f"per gain; the hallucination rate's spread (±) is the standard deviation of its mean over the draws. "
+            f"Hallucinated: 8x8 patches of the linear planes (each high-passed on its own, u - Gaussian(u, 1)) "
+            f"whose high-pass error to the truth exceeds the merge's by 1.25x (plus a floor of 1e-6) while their "
+            f"high-pass energy exceeds the truth's; over-smoothed: the error is up and the energy down "
+            f"(engine/burst/guard.py). The merge row's time is the whole fuse_burst (raw, align, noise check, "
+            f"merge); the others' the refinement alone (in brackets: with the fuse, the whole path); the teacher "
+            f"runs {refine['teacher_steps']} sampler steps offline; the consistency rows are one ONNX graph each "
+            f"(encoder, k steps, decoder) plus the guard; the ceiling is the encoder on the clean planes and the "
+            f"decoder over the merge, what a perfect latent would give. Models: {sizes} ({total:.2f} MB in all). "
+            f"MFIR (a learned burst denoiser trained for it) reports 42.2 / 39.1 / 35.8 / 32.5 dB gamma on this "
+            f"protocol.")
 
 
 def timed(fn, *args, **kw):

@@ -38,6 +38,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "weights are absent, with a note)")
     p.add_argument("--source", default="simulated:640x480@30", help="source (default simulated:640x480@30)")
     p.add_argument("--no-record", action="store_true", help="do not record while measuring")
+    p.add_argument("--steps", type=int, default=None,
+                   help="the processor's step count (burst_fusion: 0 = the merge alone, 1, 2, 4)")
+    p.add_argument("--name", default=None, help="results file name (default: live for the default model, "
+                   "else live_<model>[_steps<K>], so a run of another model never replaces live.md)")
+
+
+# The burst path's own targets (issue: 1-step refinement at 10+ displayed fps, RSS under 1.5 GB).
+BURST_TARGETS = {"display_fps": 10.0, "latency_ms_p99": None, "record_dropped": 0, "peak_rss_mib": 1536.0}
+
+
+def results_name(model: str, steps: int | None, asked: str | None) -> str:
+    if asked:
+        return asked
+    if model == "student_sr" and steps is None:
+        return "live"
+    return f"live_{model}" + (f"_steps{steps}" if steps is not None else "")
 
 
 def model_to_run(wanted: str) -> tuple[str, str | None]:
@@ -130,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
         stats_path, video = tmp / "stats.json", tmp / "live.mp4"
         cmd = [sys.executable, "-m", "app", "live", "--offscreen", "--source", args.source, "--model", model,
                "--seconds", str(args.seconds), "--stats", str(stats_path)]
+        if args.steps is not None:
+            cmd += ["--steps", str(args.steps)]
         if not args.no_record:
             cmd += ["--record", str(video)]
         print("running:", " ".join(cmd[2:]), flush=True)
@@ -147,11 +165,13 @@ def run(args: argparse.Namespace) -> int:
         "display_fps": steady["display_fps"], "latency_ms_p99": steady["latency_ms_p99"],
         "record_dropped": rec.get("dropped"), "peak_rss_mib": stats["peak_rss_mib"],
     }
+    targets = BURST_TARGETS if model == "burst_fusion" else TARGETS
+    fps_target = targets["display_fps"] * (0.97 if targets["display_fps"] >= 30 else 1.0)  # 29.1+ is all of 30
     verdict = {
-        "display_fps": steady["display_fps"] >= TARGETS["display_fps"] * 0.97,  # 30 fps camera: 29.1+ is all of it
-        "latency_ms_p99": steady["latency_ms_p99"] <= TARGETS["latency_ms_p99"],
+        "display_fps": steady["display_fps"] >= fps_target,
+        "latency_ms_p99": (steady["latency_ms_p99"] <= targets["latency_ms_p99"]) if targets["latency_ms_p99"] else None,
         "record_dropped": rec.get("dropped") == 0 if rec else None,
-        "peak_rss_mib": stats["peak_rss_mib"] < TARGETS["peak_rss_mib"],
+        "peak_rss_mib": stats["peak_rss_mib"] < targets["peak_rss_mib"],
     }
 
     def ok(key):
@@ -159,13 +179,16 @@ def run(args: argparse.Namespace) -> int:
         return "n/a" if v is None else ("yes" if v else "**no**")
 
     rows = [
-        ["displayed fps (steady state)", ">= 30", f"{steady['display_fps']:.1f}", ok("display_fps")],
-        ["capture→display p99 ms", "<= 50", f"{steady['latency_ms_p99']:.1f}", ok("latency_ms_p99")],
+        ["displayed fps (steady state)", f">= {targets['display_fps']:g}", f"{steady['display_fps']:.1f}",
+         ok("display_fps")],
+        ["capture→display p99 ms", f"<= {targets['latency_ms_p99']:g}" if targets["latency_ms_p99"] else "-",
+         f"{steady['latency_ms_p99']:.1f}", ok("latency_ms_p99")],
         ["recorder drops", "0", str(rec.get("dropped", "not recording")), ok("record_dropped")],
         ["peak RSS MiB", "< 1536", f"{stats['peak_rss_mib']:.0f}", ok("peak_rss_mib")],
     ]
     detail = [
         ["processor", stats.get("processor")],
+        ["steps in force", stats.get("steps")],
         ["source", args.source],
         ["displayed fps, slowest whole second", f"{steady['display_fps_min_1s']:.0f}"],
         ["capture→display median ms", f"{steady['latency_ms_median']:.1f}"],
@@ -206,7 +229,9 @@ def run(args: argparse.Namespace) -> int:
             "measured": measured, "met": verdict, "steady_state": steady, "machine_load": machine,
             "other_processes_cpu_percent": others, "recording_check": recording,
             "app": {k: v for k, v in stats.items() if k != "timeline"}}
-    path = write_results("live", "Live app benchmark", sections, data, out_dir=args.out_dir,
-                         command=f"eyefuse bench live --seconds {args.seconds:g}")
+    name = results_name(model, args.steps, args.name)
+    flags = f" --model {args.model} --source {args.source}" + (f" --steps {args.steps}" if args.steps is not None else "")
+    path = write_results(name, "Live app benchmark", sections, data, out_dir=args.out_dir,
+                         command=f"eyefuse bench live --seconds {args.seconds:g}" + (flags if name != "live" else ""))
     print(path.read_text())
     return 0

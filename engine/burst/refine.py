@@ -85,6 +85,20 @@ def pad_to_latent(planes: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     return out, (h, w)
 
 
+def burst_confidence(fused) -> np.ndarray:
+    """(ny, nx) the alignment's mean confidence over the non-reference frames (ones for a lone frame)."""
+    alignment = fused.alignment
+    if alignment is None or alignment.confidence.shape[0] < 2:
+        return np.ones((1, 1), np.float32)
+    others = [i for i in range(alignment.confidence.shape[0]) if i != alignment.ref]
+    return alignment.confidence[others].mean(axis=0)
+
+
+def guard_refinement(refined: np.ndarray, merged: np.ndarray, confidence: np.ndarray, noise, frames: int) -> np.ndarray:
+    """The hallucination guard with the merge's remaining noise taken as one frame's over the frames merged."""
+    return guard(refined, merged, noise.variance(np.ascontiguousarray(merged)) / max(frames, 1), confidence)
+
+
 class BurstRefiner:
     """The ONNX sessions of one refinement model; `refine` is thread-safe (ONNX Runtime's run is)."""
 
@@ -105,12 +119,9 @@ class BurstRefiner:
 
     def refine(self, fused) -> np.ndarray:
         """FusedBurst -> (4, h, w) float32 refined planes (the merge itself when the model fails)."""
-        alignment = fused.alignment
-        confidence = (alignment.confidence[[i for i in range(alignment.confidence.shape[0]) if i != alignment.ref]]
-                      .mean(axis=0) if alignment is not None and alignment.confidence.shape[0] > 1
-                      else np.ones((1, 1), np.float32))
         lens = fused.lens if fused.lens is not None else LensModel()
-        return self.refine_planes(fused.planes, confidence, fused.noise, len(fused.used), lens, fused.meta.cfa_pattern)
+        return self.refine_planes(fused.planes, burst_confidence(fused), fused.noise, len(fused.used), lens,
+                                  fused.meta.cfa_pattern)
 
     def refine_planes(self, merged: np.ndarray, confidence: np.ndarray, noise, frames: int, lens: LensModel,
                       pattern: str) -> np.ndarray:
@@ -130,9 +141,7 @@ class BurstRefiner:
                               f"for this burst instead")
             return np.ascontiguousarray(merged, np.float32)
         out = np.ascontiguousarray(out, np.float32)
-        if self.config.guard:
-            out = guard(out, merged, noise.variance(np.ascontiguousarray(merged)) / max(frames, 1), confidence)
-        return out
+        return guard_refinement(out, merged, confidence, noise, frames) if self.config.guard else out
 
     def _sample(self, x: np.ndarray, cond: np.ndarray) -> np.ndarray:
         enc, step, dec = (self.models[n].session for n in graphs_for("teacher", self.config.steps))
