@@ -5,14 +5,19 @@
 
 H.264 in MP4 through PyAV (libx264, ultrafast, zero-latency), or MJPEG in MKV where no H.264 encoder
 exists. Timestamps come from capture times (PTS = capture time - first capture time, 1/90000 s), so
-playback runs at the speed things happened, whatever rate the engine managed. The MP4 is fragmented
-(a fragment per keyframe, one a second) so even a killed process leaves a playable file; `stop()`
-drains what is queued, flushes the encoder and closes the file properly.
+playback runs at the speed things happened, whatever rate the engine managed. `stop()` drains what is
+queued, flushes the encoder and closes the file properly.
+
+The file is playable up to its last complete fragment whatever ends the recording. The MP4 is
+fragmented (a moof+mdat per keyframe, one a second), the MKV is a run of clusters, and every byte goes
+through a `PlayableFile` that follows the container's top-level structure as it is written: when a
+write fails (a full disk: ENOSPC, possibly after a short write), the file is cut back to the end of
+the last complete fragment, so a player or decoder reads every frame in it and no half fragment after.
 
 Nothing is lost silently: frames dropped because the recorder fell behind, and frames still queued
-when a stop had to give up waiting, are counted in `RecorderStatus.dropped`. A write error (a full
-disk: ENOSPC) ends the recording with a message in FAILED state; whoever feeds the queue keeps
-running. No Qt here: the window polls `status()` or passes `on_status`.
+when a stop had to give up waiting, are counted in `RecorderStatus.dropped`; after a failure `frames`
+is what the file holds. A write error ends the recording with a message in FAILED state; whoever
+feeds the queue keeps running. No Qt here: the window polls `status()` or passes `on_status`.
 """
 from __future__ import annotations
 
@@ -79,8 +84,8 @@ class RecorderConfig:
 
 @dataclass(frozen=True)
 class RecorderStatus:
-    """frames: frames written. dropped: frames offered but never written (the recorder fell behind,
-    or they were still queued when a stop gave up). bytes: file size so far. elapsed_s: capture-time
+    """frames: frames written (after a failed write: the frames the file holds). dropped: frames offered
+    but never written (the recorder fell behind, or they were still queued when a stop gave up). bytes: file size so far. elapsed_s: capture-time
     span of the recording (what playback will last). message: why it failed, or a note (fallbacks)."""
 
     state: RecorderState
@@ -220,12 +225,219 @@ def describe_os_error(exc: OSError, path: Path) -> str:
     return f"recording stopped: writing {path} failed: {exc}"
 
 
+# -- where the playable part of a file ends --------------------------------------------------------
+# A header parser returns (element name, header length, total length) once `buf` holds a whole
+# header, None while it needs more bytes; total length None: a container whose children follow as
+# units of their own (MKV's Segment). It raises ValueError for a structure it cannot follow.
+HeaderParser = Callable[[bytes], "tuple[str, int, int | None] | None"]
+
+_EBML_NAMES = {0x1A45DFA3: "EBML", 0x18538067: "Segment", 0x1654AE6B: "Tracks", 0x1F43B675: "Cluster"}
+
+
+def mp4_box_header(buf: bytes) -> tuple[str, int, int | None] | None:
+    """An ISO-BMFF box header: 32-bit size and a four-letter type (size 1: a 64-bit size follows)."""
+    if len(buf) < 8:
+        return None
+    size, kind = int.from_bytes(buf[:4], "big"), buf[4:8].decode("latin-1")
+    if size == 1:
+        if len(buf) < 16:
+            return None
+        size, header = int.from_bytes(buf[8:16], "big"), 16
+    else:
+        header = 8
+    if size < header:  # 0 means "to the end of the file": no end to follow
+        raise ValueError(f"MP4 box {kind!r} has size {size}")
+    return kind, header, size
+
+
+def _ebml_vint(buf: bytes, at: int, max_len: int, keep_marker: bool) -> tuple[int, int, bool] | None:
+    """(value, length, all value bits set) of the EBML variable-length integer at buf[at], or None."""
+    if at >= len(buf):
+        return None
+    first = buf[at]
+    length = next((n for n in range(1, max_len + 1) if first & (0x80 >> (n - 1))), None)
+    if length is None:
+        raise ValueError(f"EBML integer starting with byte {first:#04x} is longer than {max_len} bytes")
+    if at + length > len(buf):
+        return None
+    value = int.from_bytes(buf[at:at + length], "big")
+    if not keep_marker:
+        value &= (1 << (7 * length)) - 1
+    return value, length, value == (1 << (7 * length)) - 1
+
+
+def mkv_element_header(buf: bytes) -> tuple[str, int, int | None] | None:
+    """A Matroska (EBML) element header: an ID and a size, each a variable-length integer. The
+    Segment's children are followed as units; an element of unknown size cannot be followed."""
+    ident = _ebml_vint(buf, 0, 4, keep_marker=True)
+    if ident is None:
+        return None
+    size = _ebml_vint(buf, ident[1], 8, keep_marker=False)
+    if size is None:
+        return None
+    name = _EBML_NAMES.get(ident[0], f"{ident[0]:#x}")
+    header = ident[1] + size[1]
+    if name == "Segment":
+        return name, header, None
+    if size[2]:
+        raise ValueError(f"Matroska element {name} has an unknown size")
+    return name, header, header + size[0]
+
+
+class PlayableEnd:
+    """Follows the top-level units of a file written front to back and knows where the last complete
+    one ended, once the stream header (MP4 moov, MKV Tracks) is complete: everything up to
+    `end` plays, as the fragments (moof+mdat) and clusters after the header each stand alone.
+    `leads`: units that do not end a fragment (an MP4 moof describes the mdat that follows it)."""
+
+    def __init__(self, parse_header: HeaderParser, header_unit: str, leads: tuple[str, ...] = ()):
+        self._parse, self._header_unit, self._leads = parse_header, header_unit, leads
+        self.end = 0  # bytes from the start that form a playable file (0: not even the header yet)
+        self.fed = 0  # bytes seen
+        self.lost = False  # a structure it could not follow: `end` stays where it was
+        self._playable = False
+        self._head = bytearray()  # the header being read
+        self._unit_end: int | None = None  # where the unit being written ends
+        self._name = ""  # the unit being written
+
+    def feed(self, data: bytes) -> None:
+        view, i = memoryview(data), 0
+        while i < len(view) and not self.lost:
+            if self._unit_end is None:
+                take = min(len(view) - i, 16 - len(self._head))  # no header is longer than 16 bytes
+                self._head += view[i:i + take]
+                try:
+                    parsed = self._parse(bytes(self._head))
+                except ValueError:
+                    self.lost = True
+                    return
+                if parsed is None:
+                    i += take
+                    self.fed += take
+                    continue
+                name, header_len, total = parsed
+                used = header_len - (len(self._head) - take)  # header bytes that came from this chunk
+                start = self.fed - (len(self._head) - take)
+                self._head.clear()
+                i += used
+                self.fed += used
+                if total is None:  # a container: its children are the units
+                    continue
+                self._name, self._unit_end = name, start + total
+            else:
+                take = min(len(view) - i, self._unit_end - self.fed)
+                i += take
+                self.fed += take
+            if self.fed == self._unit_end:
+                self._unit_end = None
+                self._playable = self._playable or self._name == self._header_unit
+                if self._playable and self._name not in self._leads:
+                    self.end = self.fed
+
+
+def playable_end_for(codec: str) -> PlayableEnd:
+    """The PlayableEnd for the container a codec is recorded in (H.264: MP4; MJPEG: MKV)."""
+    if codec == "h264":
+        return PlayableEnd(mp4_box_header, "moov", leads=("moof",))
+    return PlayableEnd(mkv_element_header, "Tracks")
+
+
+class PlayableFile:
+    """The recorder's file: writes go to `raw` whole (short writes are continued, as write(2) may stop
+    early on a filling disk), and `playable` follows what was appended. After a write fails,
+    `cut_to_playable()` truncates the file to the end of its last complete fragment. Reads, seeks and
+    the rest go straight to `raw` (the muxer seeks back to patch headers at the end)."""
+
+    def __init__(self, raw: BinaryIO, playable: PlayableEnd):
+        self.raw, self.playable = raw, playable
+        self.failed = False
+        self._appended = 0  # the file's length as written so far
+
+    def write(self, data) -> int:
+        data = memoryview(data).cast("B")
+        at = self.raw.tell()
+        done = 0
+        try:
+            while done < len(data):
+                n = self.raw.write(data[done:])
+                if n is None or n <= 0:  # a raw file that took nothing: the disk gave out without saying
+                    raise OSError(errno.ENOSPC, "No space left on device (the write took no bytes)")
+                self._follow(at + done, data[done:done + n])
+                done += n
+        except OSError:
+            self.failed = True  # what comes after a failed write is not followed
+            raise
+        return done
+
+    def _follow(self, at: int, chunk) -> None:
+        if at == self._appended:  # appended at the end (not a patch to a header written before)
+            if not self.failed:
+                self.playable.feed(chunk)
+            self._appended += len(chunk)
+        else:
+            self._appended = max(self._appended, at + len(chunk))
+
+    def cut_to_playable(self) -> int | None:
+        """Truncate the file after its last complete fragment; the new length, or None when the
+        structure was lost or the file cannot be truncated (a device)."""
+        if self.playable.lost:
+            return None
+        try:
+            self.raw.truncate(self.playable.end)
+            self.raw.seek(self.playable.end)
+        except (OSError, ValueError, AttributeError):
+            return None
+        return self.playable.end
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def read(self, n: int = -1) -> bytes:
+        return self.raw.read(n)
+
+    def seekable(self) -> bool:
+        return self.raw.seekable() if hasattr(self.raw, "seekable") else True
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return self.raw.readable() if hasattr(self.raw, "readable") else False
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def read_back(path: Path) -> tuple[int, float] | None:
+    """(video frames, seconds from the first to the last) of the recording at `path`, read from the
+    file itself; None when it cannot be read back."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            stream = c.streams.video[0]
+            time_base = stream.time_base
+            pts = [p.pts for p in c.demux(stream) if p.size and p.pts is not None]
+    except (OSError, av.error.FFmpegError, ValueError, IndexError):
+        return None
+    return len(pts), float((max(pts) - min(pts)) * time_base) if pts else 0.0
+
+
 # -- the recorder ------------------------------------------------------------------------------
 class Recorder:
     """One recording: start(), feed `queue` (or offer()), stop(). A Recorder runs once.
 
     opener: how the file is opened, (path) -> a binary, seekable file object; the recorder writes
-    through it and closes it. Default: open(path, "w+b").
+    through it (wrapped in a PlayableFile) and closes it. Default: open(path, "w+b", buffering=0).
     on_status: called from the recorder thread when the state changes (keep it quick).
     clock: what stop()'s drain_timeout_s is counted on. Video times and elapsed_s are not read from
     it: they are the frames' capture times, on the clock of the source that stamped them.
@@ -238,7 +450,8 @@ class Recorder:
         self.config = config
         self.codec, self.path, self._note = choose_codec(config.codec, Path(config.path))
         self.queue = RecordQueue(config.queue_size)
-        self._opener = opener or (lambda p: open(p, "w+b"))
+        # Unbuffered: a short write on a filling disk reaches PlayableFile as such, not hidden in a buffer.
+        self._opener = opener or (lambda p: open(p, "w+b", buffering=0))
         self._on_status = on_status
         self._clock = clock
         self._lock = threading.Lock()
@@ -253,7 +466,7 @@ class Recorder:
         self._t_last_ns: int | None = None
         self._last_pts = -1
         self._size: tuple[int, int] | None = None
-        self._file: BinaryIO | None = None
+        self._file: PlayableFile | None = None
         self._container = None
         self._stream = None
 
@@ -264,7 +477,7 @@ class Recorder:
             raise RuntimeError("Recorder.start() called twice; make a new Recorder for a new recording")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self._opener(self.path)
+            self._file = PlayableFile(self._opener(self.path), playable_end_for(self.codec))
         except OSError as exc:
             raise RecorderError(describe_os_error(exc, self.path).replace("recording stopped", "cannot record")) from exc
         self._set_state(RecorderState.RECORDING)
@@ -410,10 +623,30 @@ class Recorder:
         with self._lock:
             self._discarded += n  # queued for this recording but never written
         try:
-            self._close_container(flush=False)  # keep what was written playable, if the disk allows
+            self._close_container(flush=False)  # a trailer, if the disk still takes one
         except Exception:
             pass
+        if self._file is not None and self._file.failed:
+            try:
+                self._cut_to_playable()
+            except Exception:  # the file stays as the disk left it; the state must still say FAILED
+                pass
         self._set_state(RecorderState.FAILED, message)
+
+    def _cut_to_playable(self) -> None:
+        """After a failed write: end the file at its last complete fragment, and count what it holds."""
+        size = self._file.cut_to_playable()
+        if size is None:
+            return
+        kept = read_back(self.path) if size else (0, 0.0)
+        with self._lock:
+            self._bytes = size
+            if kept is not None:  # frames encoded but cut with the last fragment are lost: dropped
+                frames, span = kept
+                self._discarded += max(0, self._frames - frames)
+                self._frames = frames
+                if self._t0_ns is not None:
+                    self._t_last_ns = self._t0_ns + round(span * 1e9)
 
     def _close_file(self) -> None:
         f, self._file = self._file, None
