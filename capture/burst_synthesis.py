@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from trainers.degradations import NoiseLevel
+from capture.degradations import NoiseLevel
 
 # KPN (Mildenhall et al. 2018) fixed gain levels, as DESIGN.md lists them: sigma_read, sigma_shot.
 KPN_GAINS: dict[int, NoiseLevel] = {
@@ -341,27 +341,3 @@ def planes_to_u16(planes: np.ndarray, black: int, white: int) -> np.ndarray:
     out = np.empty((2 * h, 2 * w), np.float32)
     out[0::2, 0::2], out[0::2, 1::2], out[1::2, 0::2], out[1::2, 1::2] = planes
     return np.clip(np.rint(out * (white - black) + black), 0, white).astype(np.uint16)
-
-
-@dataclass(frozen=True)
-class BurstScores:
-    """Quality of a merged burst against the clean reference (see `score`)."""
-
-    psnr_linear: float
-    ssim_linear: float
-    psnr_gamma: float
-    ssim_gamma: float
-    extra: dict = field(default_factory=dict)
-
-
-def score(merged: np.ndarray, clean: np.ndarray, border: int = 8) -> BurstScores:
-    """PSNR/SSIM of (4, h, w) merged planes against the clean reference planes, on [0, 1]: in
-    linear light (the SyntheticBurst protocol) and after gamma x ** (1 / 2.2) (the KPN one).
-    `border` is in mosaic pixels (border // 2 plane pixels are ignored on every side)."""
-    from engine.metrics import psnr, ssim
-
-    b = border // 2
-    m = np.clip(np.moveaxis(merged, 0, -1), 0.0, 1.0)
-    c = np.clip(np.moveaxis(clean, 0, -1), 0.0, 1.0)
-    mg, cg = m ** (1 / 2.2), c ** (1 / 2.2)
-    return BurstScores(psnr(m, c, b, 1.0), ssim(m, c, b, 1.0), psnr(mg, cg, b, 1.0), ssim(mg, cg, b, 1.0))

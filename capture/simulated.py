@@ -41,7 +41,7 @@ from capture.clock import SYSTEM_CLOCK, Clock
 from capture.errors import SourceInvalid
 from capture.frame import Frame, GroundTruth, PixelFormat, RawMeta
 from capture.source import Source, SourceInfo
-from trainers.degradations import (
+from capture.degradations import (
     WEBCAM_NOISE_LEVELS,
     NoiseLevel,
     linear_to_srgb,

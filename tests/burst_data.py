@@ -5,7 +5,7 @@ import functools
 
 import numpy as np
 
-from trainers.burst_synthesis import (
+from capture.burst_synthesis import (
     KPN_GAINS,
     STATIC,
     SYNTHETIC_BURST_MOTION,

@@ -28,7 +28,7 @@ def test_an_atomic_write_honours_the_umask(tmp_path, umask, mask, mode):
     # and what the commands write goes through it: a DNG, here
     from capture.dng import write_dng
     from tests.burst_data import burst
-    from trainers.burst_synthesis import burst_frames
+    from capture.burst_synthesis import burst_frames
 
     write_dng(tmp_path / "f.dng", burst_frames(burst(1, size=(32, 32)))[0])
     assert stat.S_IMODE((tmp_path / "f.dng").stat().st_mode) == mode

@@ -5,7 +5,7 @@ import pytest
 from engine.burst.align import AlignConfig, align, upsample_flow
 from engine.burst.raw import grey
 from tests.burst_data import STATIC, SYNTHETIC_BURST_MOTION, MotionConfig, MovingObject, burst, noise_model
-from trainers.burst_synthesis import true_flow
+from capture.burst_synthesis import true_flow
 
 
 def epe(b, alignment, border=8) -> np.ndarray:

@@ -11,7 +11,8 @@ from capture.dng import read_dng, write_dng
 from capture.frame import Frame, PixelFormat
 from engine.burst.raw import normalise, pack, unpack
 from tests.burst_data import burst
-from trainers.burst_synthesis import burst_frames, score
+from capture.burst_synthesis import burst_frames
+from engine.metrics import burst_score as score
 
 
 def write_burst(folder, frames, name="frame_{}.dng", bits=12):

@@ -15,7 +15,8 @@ from engine.burst.fusion import BurstConfig, BurstFusion, fuse_burst, merged_fra
 from engine.burst.raw import BurstError, normalise
 from engine.processor import FrameFormatError, make_processor, processor_names
 from tests.burst_data import burst
-from trainers.burst_synthesis import burst_frames, score
+from capture.burst_synthesis import burst_frames
+from engine.metrics import burst_score as score
 
 
 def frames_of(n=6, gain=4, size=(256, 192), seed=50, pattern="RGGB", **kw):

@@ -79,7 +79,7 @@ def test_vignetting_shading_distortion_and_lateral_ca_are_corrected(pattern):
 
 def test_lens_corrections_apply_through_fuse_burst_and_leave_the_output_clean(tmp_path):
     from engine.burst.fusion import BurstConfig, fuse_burst, merged_frame
-    from trainers.burst_synthesis import burst_frames
+    from capture.burst_synthesis import burst_frames
 
     b = burst(3, gain=1, size=(128, 96), seed=41)
     model = LensModel(VIGNETTE.k, centre=VIGNETTE.centre, source="user")

@@ -7,7 +7,7 @@ from engine.burst.align import align
 from engine.burst.merge import MergeConfig, merge, merge_mean, raised_cosine, tile_inverse, tile_spectra
 from engine.burst.raw import grey
 from tests.burst_data import STATIC, MotionConfig, MovingObject, burst, noise_model
-from trainers.burst_synthesis import score
+from engine.metrics import burst_score as score
 
 
 def rmse(a, b, mask=None):

@@ -18,7 +18,7 @@ from engine.burst.noise import (
 )
 from engine.burst.raw import NoiseModel, estimate_noise, grey
 from tests.burst_data import STATIC, burst, noise_model
-from trainers.burst_synthesis import burst_frames
+from capture.burst_synthesis import burst_frames
 
 
 def _ratios(model: NoiseModel, truth: NoiseModel, levels=(0.1, 0.2, 0.3)) -> np.ndarray:

@@ -1,5 +1,4 @@
 """SIGTERM to an eyefuse command unwinds like Ctrl-C: nothing half-written is left behind."""
-import os
 import signal
 import subprocess
 import sys

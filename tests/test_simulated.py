@@ -21,7 +21,7 @@ from capture.simulated import (
 from capture.sources import SourceOptions, open_source
 from capture.worker import CaptureState, CaptureWorker
 from tests.conftest import DEADLINE_S, eventually
-from trainers.degradations import (
+from capture.degradations import (
     WEBCAM_NOISE_LEVELS,
     NoiseLevel,
     downscale,

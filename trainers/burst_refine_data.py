@@ -46,8 +46,8 @@ class SampleSpec:
 
 def kpn_noise(gain: float):
     """The KPN noise level at any gain in [1, 8]: log sigmas interpolated between the four levels."""
-    from trainers.burst_synthesis import KPN_GAINS
-    from trainers.degradations import NoiseLevel
+    from capture.burst_synthesis import KPN_GAINS
+    from capture.degradations import NoiseLevel
 
     g = float(np.clip(gain, 1.0, 8.0))
     lo = 2 ** math.floor(math.log2(g))
@@ -81,7 +81,7 @@ def make_sample(bgr: np.ndarray, index: int, spec: SampleSpec) -> dict[str, np.n
     from engine.burst.merge import merge
     from engine.burst.raw import NoiseModel, grey
     from engine.burst.refine_inputs import condition_maps
-    from trainers.burst_synthesis import (
+    from capture.burst_synthesis import (
         SYNTHETIC_BURST_MOTION,
         add_noise,
         landscape,

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from trainers.degradations import (WEBCAM_NOISE_LEVELS, NoiseLevel, add_poisson_gaussian_noise, apply_motion_blur,
+from capture.degradations import (WEBCAM_NOISE_LEVELS, NoiseLevel, add_poisson_gaussian_noise, apply_motion_blur,
                                    linear_to_u8, u8_to_linear)
 
 TASK_NAMES = ("sr", "deblur", "denoise")

@@ -41,7 +41,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from trainers.degradations import (WebcamDegradation, degrade_webcam,
+from capture.degradations import (WebcamDegradation, degrade_webcam,
                                    random_crop, sample_webcam_params)
 from trainers.models.student import StudentSR, base_filter_of, build, macs_per_input_pixel
 

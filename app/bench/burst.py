@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # -- pieces ---------------------------------------------------------------------------------------------
 def kodak(data: Path, n: int) -> list[tuple[str, np.ndarray]]:
-    from trainers.burst_synthesis import landscape
+    from capture.burst_synthesis import landscape
 
     paths = sorted((data / "Kodak24").glob("*.png"))[:n]
     if not paths:
@@ -70,7 +70,7 @@ def noise_model(level):
 
 def end_point_error(b, alignment, border: int = BORDER // 2) -> float:
     """Mean EPE (mosaic pixels) over the burst's non-reference frames, dense, border ignored."""
-    from trainers.burst_synthesis import true_flow
+    from capture.burst_synthesis import true_flow
 
     h, w = alignment.shape
     ys, xs = np.mgrid[0:h, 0:w]
@@ -104,7 +104,8 @@ OURS = "ours: Wiener, tile-aligned"
 def quality_640(images, gains, frames, seed) -> dict:
     from engine.burst.align import AlignConfig, align
     from engine.burst.raw import grey
-    from trainers.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, score, synthesize_burst
+    from capture.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, synthesize_burst
+    from engine.metrics import burst_score as score
 
     out: dict = {"epe": {}, "scores": {}}
     for gain in gains:
@@ -134,7 +135,7 @@ def ghosting(images, seed) -> dict:
     from engine.burst.align import align
     from engine.burst.merge import merge, merge_mean
     from engine.burst.raw import grey
-    from trainers.burst_synthesis import HANDHELD_MOTION, KPN_GAINS, MovingObject, synthesize_burst
+    from capture.burst_synthesis import HANDHELD_MOTION, KPN_GAINS, MovingObject, synthesize_burst
 
     rows = {}
     for gain in (1, 4):
@@ -181,7 +182,7 @@ def texture_set(data: Path, n: int) -> list[tuple[str, np.ndarray]]:
         energy = float(np.mean(cv2.Sobel(g, cv2.CV_32F, 1, 0) ** 2 + cv2.Sobel(g, cv2.CV_32F, 0, 1) ** 2))
         scored.append((energy, p.stem, img))
     scored.sort(key=lambda t: -t[0])
-    from trainers.burst_synthesis import landscape
+    from capture.burst_synthesis import landscape
 
     return [(name, landscape(img)) for _, name, img in scored[:n]]
 
@@ -197,7 +198,8 @@ def noise_quality(image_sets: dict[str, tuple[list, tuple[int, int]]], gains, fr
     from engine.burst.fusion import BurstConfig, fuse_burst
     from engine.burst.merge import MergeConfig, merge
     from engine.burst.raw import estimate_noise, grey
-    from trainers.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, burst_frames, score, synthesize_burst
+    from capture.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, burst_frames, synthesize_burst
+    from engine.metrics import burst_score as score
 
     out: dict = {}
     for set_name, (images, size) in image_sets.items():
@@ -279,7 +281,8 @@ def refine_quality(images, gains, frames: int, seed: int, teacher_steps: int = 5
     )
     from engine.manifest import WeightsError, load_manifest
     from engine.runtime import load_model
-    from trainers.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, burst_frames, score, synthesize_burst
+    from capture.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, burst_frames, synthesize_burst
+    from engine.metrics import burst_score as score
 
     try:
         regressor = BurstRefiner(RefineConfig("regressor"))
@@ -390,7 +393,7 @@ def speed(images, frames: int, size: tuple[int, int], runs: int, seed: int) -> d
     from engine.burst.merge import MergeConfig, merge
     from engine.burst.noise import estimate_noise_burst
     from engine.burst.raw import grey
-    from trainers.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, burst_frames, synthesize_burst
+    from capture.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, burst_frames, synthesize_burst
 
     rec: dict[str, list] = {}
     for k, (name, img) in enumerate(images):
@@ -447,7 +450,7 @@ def merge_profile(images, frames: int, seed: int, runs: int = 3) -> dict:
     from engine.burst.align import align
     from engine.burst.merge import merge
     from engine.burst.raw import grey
-    from trainers.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, synthesize_burst
+    from capture.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, synthesize_burst
 
     bursts = []
     for k, (_, img) in enumerate(images):
@@ -480,7 +483,8 @@ def child_12mp(data: str, n: int, frames: int, seed: int, out: str) -> None:
     from engine.burst.fusion import BurstConfig, prepare_for_bursts
     from engine.burst.merge import MergeConfig, merge, merge_mean
     from engine.burst.raw import grey
-    from trainers.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, score, synthesize_burst
+    from capture.burst_synthesis import KPN_GAINS, SYNTHETIC_BURST_MOTION, synthesize_burst
+    from engine.metrics import burst_score as score
 
     size = (4032, 3024)
     images = kodak(Path(data), n)

@@ -26,7 +26,7 @@ from engine.manifest import load_manifest
 from engine.metrics import psnr, ssim
 from engine.peak import measure_gemm_peak_gmacs
 from engine.processor import BicubicProcessor, Processor, StageTimer, make_processor
-from trainers.degradations import WEBCAM_NOISE_LEVELS, WebcamParams, degrade_webcam, sample_webcam_params
+from capture.degradations import WEBCAM_NOISE_LEVELS, WebcamParams, degrade_webcam, sample_webcam_params
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 # student_sr_medium and student_sr_large are no live models: StudentSRs 7x and 180x larger, trained

@@ -9,7 +9,7 @@ For the viewer and previews only; what the burst path writes stays RAW. All in O
        white stays white) and exposure, in one 3x3 transform on 16-bit data
     -> gamma 1/2.2 and tone curve (smoothstep) through one 65536-entry table -> (H, W, 3) uint8 BGR
 
-It inverts the unprocessing of the burst protocol (trainers/burst_synthesis.py), so a synthetic
+It inverts the unprocessing of the burst protocol (capture/burst_synthesis.py), so a synthetic
 burst's clean reference finishes back to (a re-exposed version of) the photo it came from.
 """
 from __future__ import annotations
