@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from skimage.metrics import structural_similarity
 
 
 def psnr(output: np.ndarray, reference: np.ndarray, border: int = 0, peak: float = 255.0) -> float:
@@ -21,6 +20,8 @@ def ssim(output: np.ndarray, reference: np.ndarray, border: int = 0, peak: float
     """Mean SSIM (Wang et al. 2004, Gaussian window) of (H, W[, C]) images, channels averaged."""
     if output.shape != reference.shape:
         raise ValueError(f"SSIM needs equal shapes, got {output.shape} and {reference.shape}")
+    from skimage.metrics import structural_similarity  # scikit-image and scipy: half a second to import
+
     if border:
         output, reference = output[border:-border, border:-border], reference[border:-border, border:-border]
     return float(structural_similarity(

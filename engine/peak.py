@@ -5,10 +5,11 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-from onnx import TensorProto, helper
 
 
 def _matmul_model(n: int) -> bytes:
+    from onnx import TensorProto, helper  # onnx takes most of a second to import: only when measuring
+
     a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])
     b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])
     c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])

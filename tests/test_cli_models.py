@@ -20,3 +20,16 @@ def test_live_refuses_an_unknown_model_naming_the_ones_that_exist(capsys):
 def test_live_refuses_steps_for_a_processor_without_them(capsys):
     assert main(["live", "--headless", "--frames", "1", "--model", "bicubic", "--steps", "2"]) == 2
     assert "'bicubic' has no step count" in capsys.readouterr().err
+
+
+def test_the_command_line_parses_without_the_heavy_libraries():
+    # `eyefuse --help` must answer at once: building the parser imports none of the libraries that
+    # take seconds to load (they are imported by the commands that use them)
+    import subprocess
+    import sys
+
+    code = ("import sys, app.cli; app.cli.build_parser(); "
+            "print(sorted(m for m in ('onnx', 'scipy', 'skimage', 'torch', 'PyQt6', 'numba', 'trainers') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout
