@@ -4,7 +4,13 @@ States: idle -> running -> (retrying <-> running) -> ended | error | stopped.
 A device that disappears is reopened with exponential backoff; frames already in the ring stay
 there. A finite source that ends, or a source that can never work, stops the thread with a state
 and a message the GUI can show. `stop()` returns within a second and no thread outlives it.
-Backoff waits are timed on the worker's Clock (capture.clock), so a test can check them in logical time.
+
+Outages are kept: each time the source delivered nothing for a while (it went away and was being
+reopened, or its frames simply stopped for longer than `stall_s`), from its last frame to the next,
+with the reason. The status says how long ago the last frame came, and its frame rate drops to 0
+when frames stop, instead of showing the last rate it had.
+Backoff waits and outage times are on the worker's Clock (capture.clock), so a test can check them
+in logical time.
 """
 from __future__ import annotations
 
@@ -45,13 +51,36 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class Outage:
+    """A time the source delivered no frames: from its last frame (or from the start, if it had
+    none yet) to its next frame, or, while it lasts, to now.
+
+    start_s: on the worker's clock (Clock.monotonic). reason: why (the disconnect or open error the
+    source gave, or that frames stopped coming). recovered: a frame came again; False while it lasts
+    and for one the capture ended in.
+    """
+
+    start_s: float
+    duration_s: float
+    reason: str
+    recovered: bool
+
+    def as_dict(self, t0: float = 0.0) -> dict:
+        """For stats files: start as seconds after t0 (the run's start on the same clock)."""
+        return {"start_s": round(self.start_s - t0, 3), "duration_s": round(self.duration_s, 3),
+                "reason": self.reason, "recovered": self.recovered}
+
+
+@dataclass(frozen=True)
 class CaptureStatus:
     state: CaptureState
     message: str
     frames: int  # frames put into the ring
     decode_errors: int  # single frames that could not be decoded and were skipped
     reconnects: int  # successful reopenings after the device went away
-    fps: float  # over the last second or so
+    fps: float  # over the last second; 0 once the frames have stopped (see stall_s)
+    since_frame_s: float | None = None  # time since the last frame (None: none yet), on the worker's clock
+    outages: tuple[Outage, ...] = ()  # oldest first; the last may be going on (recovered False)
 
 
 class CaptureWorker:
@@ -59,8 +88,9 @@ class CaptureWorker:
 
     The worker owns the source: it opens it in the thread and closes it when the thread ends.
     Sequence numbers stay strictly increasing across reconnects (a reopened source may count
-    from 0 again), so consumers can rely on them. clock: what the backoff waits are timed on; stop()
-    cuts a wait short on any clock.
+    from 0 again), so consumers can rely on them. clock: what the backoff waits and outages are timed
+    on; stop() cuts a wait short on any clock. stall_s: frames that stop for longer than this (and
+    than 3 of the source's own frame intervals) count as an outage even if the source says nothing.
     """
 
     def __init__(
@@ -71,6 +101,7 @@ class CaptureWorker:
         on_status: Callable[[CaptureStatus], None] | None = None,
         close_ring_on_exit: bool = True,
         clock: Clock = SYSTEM_CLOCK,
+        stall_s: float = 1.0,
     ):
         self.source = source
         self.ring = ring
@@ -87,12 +118,19 @@ class CaptureWorker:
         self._seq_offset = 0
         self._last_seq: int | None = None
         self._recent: list[int] = []  # capture times of the last frames, for fps
+        self.stall_s = stall_s
+        self._t_start: float | None = None  # clock time the worker started
+        self._t_frame: float | None = None  # clock time the last frame was put into the ring
+        self._interval = 0.0  # clock time between the last two frames
+        self._outage: tuple[float, str] | None = None  # (start, reason) of the outage going on
+        self._outages: list[Outage] = []  # the ones that are over
 
     # -- control ---------------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("CaptureWorker.start() called twice; make a new worker to restart")
         self.ring.reopen()
+        self._t_start = self._clock.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"capture-{self._source_name()}", daemon=True)
         self._thread.start()
 
@@ -116,12 +154,24 @@ class CaptureWorker:
         return self._thread is not None and self._thread.is_alive()
 
     def status(self) -> CaptureStatus:
+        now = self._clock.monotonic()
         with self._lock:
             recent = self._recent
+            since = None if self._t_frame is None else max(0.0, now - self._t_frame)
             fps = 0.0
-            if len(recent) >= 2 and recent[-1] > recent[0]:
+            if len(recent) >= 2 and recent[-1] > recent[0] and since is not None and since <= self._stall_limit():
                 fps = (len(recent) - 1) * 1e9 / (recent[-1] - recent[0])
-            return CaptureStatus(self._state, self._message, self._frames, self._decode_errors, self._reconnects, fps)
+            outages = list(self._outages)
+            if self._outage is not None:
+                start, reason = self._outage
+                outages.append(Outage(start, max(0.0, now - start), reason, False))
+            elif since is not None and since > self._stall_limit() and self._state is CaptureState.RUNNING:
+                outages.append(Outage(self._t_frame, since, f"no frame for {since:.1f} s", False))
+            return CaptureStatus(self._state, self._message, self._frames, self._decode_errors, self._reconnects,
+                                 fps, since, tuple(outages))
+
+    def _stall_limit(self) -> float:
+        return max(self.stall_s, 3 * self._interval)
 
     # -- thread ----------------------------------------------------------------------------
     def _source_name(self) -> str:
@@ -134,6 +184,10 @@ class CaptureWorker:
         with self._lock:
             changed = (state, message) != (self._state, self._message)
             self._state, self._message = state, message
+            if state is CaptureState.RETRYING and self._outage is None:
+                # it began when the frames stopped, not when the source admitted it
+                start = self._t_frame if self._t_frame is not None else self._t_start
+                self._outage = (start if start is not None else self._clock.monotonic(), message)
         if changed and self._on_status is not None:
             self._on_status(self.status())
 
@@ -183,6 +237,7 @@ class CaptureWorker:
         finally:
             if opened:
                 self._close_quietly()
+            self._end_outage(recovered=False)
             if self._state in (CaptureState.RUNNING, CaptureState.RETRYING, CaptureState.IDLE):
                 self._set_state(CaptureState.STOPPED)
             if self._close_ring_on_exit:
@@ -195,12 +250,32 @@ class CaptureWorker:
             frame = dataclasses.replace(frame, seq=frame.seq + self._seq_offset)
         self._last_seq = frame.seq
         self.ring.put(frame)
+        now = self._clock.monotonic()
         with self._lock:
+            gap = None if self._t_frame is None else now - self._t_frame
+            if self._outage is not None:  # the source went away and is back
+                self._end_outage_locked(now, recovered=True)
+            elif gap is not None:
+                if gap > self._stall_limit():  # it said nothing, but nothing came
+                    self._outages.append(Outage(self._t_frame, gap, f"no frame for {gap:.1f} s", True))
+                self._interval = gap  # a source that slowed down for good stops counting as stalled
+            self._t_frame = now
             self._frames += 1
             self._recent.append(frame.t_capture_ns)
             cutoff = frame.t_capture_ns - 1_000_000_000
             while len(self._recent) > 2 and self._recent[0] < cutoff:
                 self._recent.pop(0)
+
+    def _end_outage(self, recovered: bool) -> None:
+        now = self._clock.monotonic()
+        with self._lock:
+            self._end_outage_locked(now, recovered)
+
+    def _end_outage_locked(self, now: float, recovered: bool) -> None:
+        if self._outage is not None:
+            start, reason = self._outage
+            self._outages.append(Outage(start, max(0.0, now - start), reason, recovered))
+            self._outage = None
 
     def _close_quietly(self) -> None:
         try:
