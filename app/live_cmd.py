@@ -1,4 +1,11 @@
-"""`eyefuse live`: the live pipeline, in the window or headless with figures printed."""
+"""`eyefuse live`: the live pipeline, in the window or headless with figures printed.
+
+Either way a run ends on its own when --frames or --seconds are reached, when the source ends (a
+video shorter than --frames), or when the processor has failed on every frame for a few seconds;
+Ctrl-C and SIGTERM end it too. Whatever ends it, the recording (--record) is finalised and the
+figures (--stats) are written. The exit status is non-zero when the run failed: no frame shown, the
+processor failing, the recording failing, or a signal (130 Ctrl-C, 143 SIGTERM, from app.cli).
+"""
 from __future__ import annotations
 
 import argparse
@@ -20,12 +27,12 @@ def add_parser(sub) -> None:
     p.add_argument("--seconds", type=float, default=None, help="stop after S seconds")
     p.add_argument("--stats", default=None, help="write the final figures to this JSON file")
     p.add_argument("--fast", action="store_true", help="do not pace files/simulated camera in real time")
+    p.add_argument("--record", default=None, metavar="OUT.mp4",
+                   help="record the enhanced video from the start (H.264 MP4; MJPEG MKV where H.264 is missing)")
+    p.add_argument("--record-side-by-side", action="store_true", help="record input and output side by side")
     w = p.add_argument_group("window")
     w.add_argument("--offscreen", action="store_true",
                    help="run the window without a display (Qt offscreen platform): for tests and benchmarks")
-    w.add_argument("--record", default=None, metavar="OUT.mp4",
-                   help="record the enhanced video from the start (H.264 MP4; MJPEG MKV where H.264 is missing)")
-    w.add_argument("--record-side-by-side", action="store_true", help="record input and output side by side")
     w.add_argument("--screenshot", default=None, metavar="OUT.png",
                    help="save the window when the run ends (after --frames/--seconds)")
     w.add_argument("--burst", type=int, default=None, help="burst length for BurstFusion (default 8)")
@@ -74,9 +81,20 @@ def run(args: argparse.Namespace) -> int:
         else:
             freeze_startup_objects()
             return run_window(config, args)
+    from app.recorder import RecorderConfig, RecorderError
+
+    record = None
+    if args.record:
+        record = RecorderConfig(Path(args.record), side_by_side=args.record_side_by_side,
+                                queue_size=config.record_queue_size)
     freeze_startup_objects()
-    summary = run_headless(config, frames=args.frames, seconds=args.seconds)
+    try:
+        summary = run_headless(config, frames=args.frames, seconds=args.seconds, record=record,
+                               stats=Path(args.stats) if args.stats else None)
+    except RecorderError as exc:
+        print(f"eyefuse live: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(summary, indent=1))
-    if args.stats:
-        Path(args.stats).write_text(json.dumps(summary, indent=1))
-    return 0 if summary["frames_shown"] else 1
+    if summary["ended"] not in ("frames", "seconds"):
+        print(f"eyefuse live: {summary['end_message']}", file=sys.stderr)
+    return 1 if summary["failed"] or not summary["frames_shown"] else 0

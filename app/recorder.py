@@ -84,9 +84,11 @@ class RecorderConfig:
 
 @dataclass(frozen=True)
 class RecorderStatus:
-    """frames: frames written (after a failed write: the frames the file holds). dropped: frames offered
-    but never written (the recorder fell behind, or they were still queued when a stop gave up). bytes: file size so far. elapsed_s: capture-time
-    span of the recording (what playback will last). message: why it failed, or a note (fallbacks)."""
+    """frames: frames written (after a failed write: the frames the file holds). dropped: frames
+    offered but never written (the recorder fell behind, or they were still queued when a stop gave
+    up). bytes: file size so far. elapsed_s: capture-time span of the recording (what playback will
+    last). message: why it failed, or a note (a fallback; nothing recorded, when no frame came: the
+    empty file is then removed)."""
 
     state: RecorderState
     path: Path
@@ -527,6 +529,9 @@ class Recorder:
                 self._write(result)
                 self.queue.task_done()
             self._close_container(flush=True)
+            if self._size is None:  # no frame came, so no video was started: an empty file plays nothing
+                self._close_file()
+                self._message = self._remove_empty_file()
             self._set_state(RecorderState.FINISHED, self._message)
         except OSError as exc:
             self._fail(describe_os_error(exc, self.path))
@@ -534,6 +539,16 @@ class Recorder:
             self._fail(f"recording stopped: {type(exc).__name__}: {exc}")
         finally:
             self._close_file()
+
+    def _remove_empty_file(self) -> str:
+        what = "nothing was recorded: no enhanced frame reached the recorder"
+        try:
+            if self.path.is_file() and self.path.stat().st_size == 0:
+                self.path.unlink()
+                return f"{what}, so the empty {self.path} was removed"
+        except OSError:
+            pass
+        return what
 
     def _drain(self) -> None:
         self._set_state(RecorderState.STOPPING, self._message)

@@ -19,6 +19,9 @@ from PyQt6.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QSizePo
 class StatsSnapshot:
     """Figures for one refresh. Rates in frames per second, times in ms, counts since start.
 
+    since_frame_s: seconds since the capture's last frame (None: none yet). capture_stalled: frames
+    have stopped while the capture still says running. outages / outage_s: how many times frames
+    stopped this run, and for how long in all.
     ring_lost: frames the capture ring overwrote before the engine saw them.
     engine_skipped: frames the engine passed over because it was busy (newest-frame policy).
     display_missed: results the display never drew (a newer one arrived first).
@@ -27,6 +30,10 @@ class StatsSnapshot:
     source: str = ""
     capture_state: str = ""
     capture_fps: float = 0.0
+    since_frame_s: float | None = None
+    capture_stalled: bool = False
+    outages: int = 0
+    outage_s: float = 0.0
     engine_fps: float = 0.0
     display_fps: float = 0.0
     latency_median_ms: float = math.nan
@@ -61,13 +68,25 @@ def model_text(s: StatsSnapshot) -> str:
     return text
 
 
+def capture_problem(s: StatsSnapshot) -> str | None:
+    """While frames are not coming: the capture's state and how long since its last frame; else None."""
+    if s.capture_state in ("", "running") and not s.capture_stalled:
+        return None
+    since = "no frame yet" if s.since_frame_s is None else f"no frame for {s.since_frame_s:.1f} s"
+    return f"capture {s.capture_state or 'idle'}: {since}"
+
+
 def overlay_lines(s: StatsSnapshot) -> list[str]:
-    """The few lines drawn over the picture: rates, end-to-end latency, the model."""
+    """The few lines drawn over the picture: rates, end-to-end latency, the model, and what is wrong
+    with the capture while its frames are not coming."""
     lines = [
         f"capture {s.capture_fps:5.1f}  engine {s.engine_fps:5.1f}  display {s.display_fps:5.1f} fps",
         f"capture→display  median {_fmt_ms(s.latency_median_ms)}  p99 {_fmt_ms(s.latency_p99_ms)}",
         f"{model_text(s)}  {_fmt_size(s.input_size)} → {_fmt_size(s.output_size)}",
     ]
+    problem = capture_problem(s)
+    if problem:
+        lines.append(problem)
     if s.paused:
         lines.append("PAUSED")
     return lines
@@ -78,6 +97,8 @@ def panel_rows(s: StatsSnapshot) -> list[tuple[str, str]]:
     rows = [
         ("source", f"{s.source} ({s.capture_state})" if s.capture_state else s.source),
         ("capture", f"{s.capture_fps:.1f} fps"),
+        ("last frame", "–" if s.since_frame_s is None else f"{s.since_frame_s:.1f} s ago"),
+        ("outages", f"{s.outages} ({s.outage_s:.1f} s)" if s.outages else "none"),
         ("engine", f"{s.engine_fps:.1f} fps"),
         ("display", f"{s.display_fps:.1f} fps"),
         ("latency median", _fmt_ms(s.latency_median_ms)),

@@ -40,11 +40,16 @@ from PyQt6.QtWidgets import (
     QSpinBox, QToolBar, QToolButton, QVBoxLayout, QWidget,
 )
 
-from app.pipeline import LatencyWindow, LivePipeline, PipelineConfig
+from app.cli import Terminated
+from app.pipeline import (
+    FailureWatch, LatencyWindow, LivePipeline, PipelineConfig, RunEnd, failing_message, record_summary, signal_end,
+    source_ended_message, write_stats,
+)
 from app.recorder import Recorder, RecorderConfig, RecorderError, RecorderState, RecorderStatus
 from app.stats_panel import RecordIndicator, StatsPanel, StatsSnapshot, overlay_lines
 from app.viewer import BeforeAfterViewer, ViewMode, display_image
 from capture.atomic import atomic_write_bytes
+from capture.clock import SYSTEM_CLOCK, Clock
 from capture.sources import open_source
 from capture.worker import CaptureState
 from engine.processor import BUILTIN, Processor, Result, StepsNotSupported, make_processor, processor_names
@@ -72,7 +77,9 @@ LABELS = {
 class WindowOptions:
     """How the window behaves. weights_dir: None is the repository's weights/.
     load_retry_s: how often a processor that failed to load is tried again, when its weights
-    folder changed (so the real weights are picked up when training writes them)."""
+    folder changed (so the real weights are picked up when training writes them).
+    fail_after_s: an unattended run (RunPlan.frames/seconds) stops, failed, once the processor has
+    failed on every frame for this long (on the window's clock)."""
 
     weights_dir: Path | None = None
     record_dir: Path = RUNS_DIR / "recordings"
@@ -84,6 +91,7 @@ class WindowOptions:
     fallback_processor: str = "bicubic"
     stats_interval_ms: int = 250
     load_retry_s: float = 5.0
+    fail_after_s: float = 5.0
     size: tuple[int, int] = (1400, 860)
 
 
@@ -91,13 +99,19 @@ class WindowOptions:
 class RunPlan:
     """What an unattended run does (--frames/--seconds/--record/--screenshot/--stats): stop after
     `frames` displayed frames or `seconds`, recording to `record` from the start, then save the
-    window to `screenshot` and the figures to `stats`. All None: run until the user closes it."""
+    window to `screenshot` and the figures to `stats`. All None: run until the user closes it.
+    An unattended run (frames or seconds) also ends when the source ends or the processor keeps
+    failing; the figures say why it ended."""
 
     frames: int | None = None
     seconds: float | None = None
     record: Path | None = None
     screenshot: Path | None = None
     stats: Path | None = None
+
+    @property
+    def unattended(self) -> bool:
+        return self.frames is not None or self.seconds is not None
 
 
 @dataclass(frozen=True)
@@ -278,12 +292,16 @@ class MainWindow(QMainWindow):
     def __init__(self, config: PipelineConfig = PipelineConfig(), options: WindowOptions = WindowOptions(),
                  plan: RunPlan = RunPlan(), opener=open_source,
                  processor_factory: ProcessorFactory = make_window_processor,
-                 choices: list[str] | None = None):
+                 choices: list[str] | None = None, clock: Clock = SYSTEM_CLOCK):
         super().__init__()
         self.config, self.options, self.plan = config, options, plan
         self.setWindowTitle("EyeFuse")
         self.resize(*options.size)
-        self.pipeline = LivePipeline(config, opener=opener)
+        self._clock = clock  # the pipeline's: capture, engine, outages, and the failure watch
+        self.pipeline = LivePipeline(config, opener=opener, clock=clock)
+        self._watch = FailureWatch(options.fail_after_s)
+        self._end: RunEnd | None = None  # why the run ended (the first reason given)
+        self._record_failure: str | None = None  # why the last recording failed or was refused
         self._factory = processor_factory
         self._bridge = _Bridge()
         self._bridge.call.connect(self._run_posted)
@@ -475,7 +493,8 @@ class MainWindow(QMainWindow):
         if self.plan.record is not None:
             self.set_recording(True)
         if self.plan.seconds is not None:
-            QTimer.singleShot(int(self.plan.seconds * 1000), self.finish)
+            seconds = self.plan.seconds
+            QTimer.singleShot(int(seconds * 1000), lambda: self.end_run(RunEnd("seconds", f"ran {seconds:g} s")))
 
     def shutdown(self) -> None:
         """Stop everything: finish the recording (a valid file), stop the threads. Idempotent."""
@@ -495,16 +514,32 @@ class MainWindow(QMainWindow):
             self._open_recorders.discard(rec)
         self._recorder = None
         self.pipeline.stop()
+        if self._end is None:
+            self._end = RunEnd("closed", "the window was closed")
+        rec = self._last_record
+        if self.plan.record is not None and self._record_failure is None and (rec is None or rec.frames == 0):
+            self._record_failure = rec.message if rec is not None and rec.message else "nothing was recorded"
         self._final_stats = self.run_stats(eng)
         if self.plan.stats is not None:
-            path = Path(self.plan.stats)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self._final_stats, indent=1, default=str) + "\n")
+            write_stats(self.plan.stats, self._final_stats)
         self.finished.emit()
 
     def closeEvent(self, event) -> None:
         self.shutdown()
         super().closeEvent(event)
+
+    def end_run(self, end: RunEnd) -> None:
+        """End an unattended run for `end`'s reason (the first reason given is the one kept); a
+        failure is also put in the banner, so the screenshot shows it."""
+        if self._end is None:
+            self._end = end
+        if end.failed:
+            self._set_problem("run", end.message)
+        QTimer.singleShot(0, self.finish)
+
+    @property
+    def run_end(self) -> RunEnd | None:
+        return self._end
 
     def finish(self) -> None:
         """End an unattended run: screenshot, then close (which finalises recording and stats)."""
@@ -596,8 +631,8 @@ class MainWindow(QMainWindow):
                                (token.t_done_ns - token.t_start_ns) / 1e6, (t_ns - token.t_done_ns) / 1e6))
         self.stats_panel.plot.add(t_s, lat)
         self._shown += 1
-        if self.plan.frames is not None and self._shown >= self.plan.frames:
-            QTimer.singleShot(0, self.finish)
+        if self.plan.frames is not None and self._shown >= self.plan.frames and self._end is None:
+            self.end_run(RunEnd("frames", f"{self._shown} frames shown"))
 
     @property
     def frames_shown(self) -> int:
@@ -847,6 +882,7 @@ class MainWindow(QMainWindow):
             self._recorder = None
         self._open_recorders.discard(rec)
         self._record_busy = False
+        self._record_failure = message
         self._set_problem("recorder", message)
         self.record_action.setChecked(False)
 
@@ -878,6 +914,7 @@ class MainWindow(QMainWindow):
 
     def _recording_failed(self, st: RecorderStatus) -> None:
         self._set_problem("recorder", st.message)
+        self._record_failure = st.message
         self._last_record = st
         if self._recorder is not None and self._recorder.path == st.path:
             self.record_action.setChecked(False)  # -> _stop_recording: detach and join the ended thread
@@ -900,9 +937,12 @@ class MainWindow(QMainWindow):
             disp = 0.0  # nothing displayed in the last second
         r = self._current
         proc = pipe.engine.processor if pipe.engine is not None else None
+        outages = cap.outages if cap else ()
         return StatsSnapshot(
             source=pipe.source_spec, capture_state=cap.state.value if cap else "",
-            capture_fps=cap.fps if cap else 0.0, engine_fps=eng.fps if eng else 0.0, display_fps=disp,
+            capture_fps=cap.fps if cap else 0.0, since_frame_s=cap.since_frame_s if cap else None,
+            capture_stalled=bool(outages) and not outages[-1].recovered, outages=len(outages),
+            outage_s=sum(o.duration_s for o in outages), engine_fps=eng.fps if eng else 0.0, display_fps=disp,
             latency_median_ms=med, latency_p99_ms=p99,
             stage_ms=dict(eng.stage_median_ms) if eng else {}, engine_ms=eng.latency_median_ms if eng else math.nan,
             ring_lost=pipe.ring.stats().overwritten_unread, engine_skipped=eng.skipped if eng else 0,
@@ -925,7 +965,8 @@ class MainWindow(QMainWindow):
         cap, eng = self.pipeline.capture_status(), self.pipeline.engine_stats()
         if cap is not None and cap.state in (CaptureState.RETRYING, CaptureState.ERROR, CaptureState.ENDED):
             what = {"retrying": "camera lost, reconnecting", "error": "camera error", "ended": "source ended"}
-            self._set_problem("capture", f"{what[cap.state.value]} ({self.pipeline.source_spec}): {cap.message}")
+            since = "" if cap.since_frame_s is None else f" (no frame for {cap.since_frame_s:.1f} s)"
+            self._set_problem("capture", f"{what[cap.state.value]} ({self.pipeline.source_spec}): {cap.message}{since}")
         elif "capture" in self._problems:
             self._set_problem("capture", None)
         if eng is not None and eng.state is WorkerState.ERROR and eng.error:
@@ -942,6 +983,18 @@ class MainWindow(QMainWindow):
             self.record_indicator.show_status(st.elapsed_s, st.bytes, st.dropped, st.state is RecorderState.STOPPING)
         if self._load_failed_fp is not None:
             self._retry_load()
+        if self.plan.unattended and self._end is None:
+            self._check_run_end(eng)
+
+    def _check_run_end(self, eng) -> None:
+        """An unattended run waits for frames that may never come: end it when the processor has
+        failed on every frame for options.fail_after_s, or when the source has ended and its last
+        result is on the screen."""
+        if eng is not None and self._watch.update(self._clock.monotonic(), eng.processed, eng.errors):
+            self.end_run(RunEnd("processor failed", failing_message(eng, self._watch.limit_s), True))
+        elif self.pipeline.drained() and self._current is self.pipeline.slot.peek():
+            message = source_ended_message(self.pipeline.capture_status(), self._shown, self.plan.frames)
+            self.end_run(RunEnd("source ended", message))
 
     # -- figures for --stats and the benchmark ---------------------------------------------------
     def run_stats(self, eng=None) -> dict:
@@ -972,10 +1025,10 @@ class MainWindow(QMainWindow):
             "engine_skipped": eng.skipped if eng else 0, "engine_errors": eng.errors if eng else 0,
             "ring_lost": self.pipeline.ring.stats().overwritten_unread,
             "display_missed": self.pipeline.slot.overwritten + self._pump.replaced,
-            "record": None if rec is None else {
-                "path": str(rec.path), "state": rec.state.value, "codec": rec.codec, "frames": rec.frames,
-                "dropped": rec.dropped, "bytes": rec.bytes, "elapsed_s": rec.elapsed_s, "message": rec.message,
-            },
+            "record": record_summary(rec), "record_error": self._record_failure,
+            "capture_state": cap.state.value if cap else None, "capture_outages": self.pipeline.outages(),
+            "ended": self._end.reason if self._end else None, "end_message": self._end.message if self._end else None,
+            "failed": bool(self._end and self._end.failed) or self._record_failure is not None,
             "problems": list(self._problems.values()),
             "cpu_seconds": cpu.user + cpu.system, "cpu_percent": 100 * (cpu.user + cpu.system) / wall if wall else 0.0,
             "peak_rss_mib": peak_rss_mib(), "qt_platform": QGuiApplication.platformName(),
@@ -1039,10 +1092,21 @@ def run_window(config: PipelineConfig, args) -> int:
     quit_on_last_closed = app.quitOnLastWindowClosed()
     app.setQuitOnLastWindowClosed(False)
     window = MainWindow(config, options, plan)
+    # Ctrl+C and SIGTERM close the window properly (the recording finalised, the figures written), and
+    # then go on as the signal would have: the handler they had (app.cli turns SIGTERM into Terminated)
+    # runs after the window is shut, here, not inside a Qt slot, where its exception would abort the
+    # process and leave the recording and the figures unwritten.
+    caught: list[int] = []
+
+    def on_signal(signum, _frame) -> None:
+        if not caught:
+            caught.append(signum)
+            end = signal_end(Terminated() if signum == signal.SIGTERM else KeyboardInterrupt())
+            QTimer.singleShot(0, lambda: window.end_run(end))
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     window.show()
     window.start()
-    # Ctrl+C in the terminal closes the window properly (the recording is finalised).
-    previous = signal.signal(signal.SIGINT, lambda *_: QTimer.singleShot(0, window.close))
     ticker = QTimer()
     ticker.timeout.connect(lambda: None)  # let Python run its signal handlers while Qt waits
     ticker.start(200)
@@ -1054,7 +1118,8 @@ def run_window(config: PipelineConfig, args) -> int:
             app.exec()
     finally:
         ticker.stop()
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         window.shutdown()
         app.setQuitOnLastWindowClosed(quit_on_last_closed)
         from PyQt6.QtCore import qInstallMessageHandler
@@ -1063,4 +1128,14 @@ def run_window(config: PipelineConfig, args) -> int:
     stats = window.final_stats or {}
     summary = {k: v for k, v in stats.items() if k != "timeline"}
     print(json.dumps(summary, indent=1, default=str))
-    return 0 if stats.get("frames_shown") else 1
+    end = window.run_end
+    if end is not None and end.reason not in ("frames", "seconds", "closed"):
+        print(f"eyefuse live: {end.message}", file=sys.stderr)
+    if stats.get("record_error"):
+        print(f"eyefuse live: the recording failed: {stats['record_error']}", file=sys.stderr)
+    if caught:
+        handler = previous[caught[0]]
+        if callable(handler):
+            handler(caught[0], None)  # raises (Terminated, KeyboardInterrupt) for the caller to unwind
+        return 128 + caught[0]
+    return 1 if stats.get("failed") or not stats.get("frames_shown") else 0

@@ -433,3 +433,17 @@ def test_the_playable_end_is_found_however_the_writes_are_cut(tmp_path, codec, h
         prefix = tmp_path / f"prefix{rec.path.suffix}"
         prefix.write_bytes(data[:end])
         assert decode_all(prefix) > 0, f"the first {end} bytes"
+
+
+def test_a_recording_that_got_no_frame_leaves_no_empty_file(tmp_path):
+    """A processor that failed every frame gives the recorder nothing to encode: the stop says so
+    and removes the empty file rather than leaving a 0-byte .mp4 that plays nothing."""
+    rec = Recorder(RecorderConfig(tmp_path / "none.mp4"), clock=FakeClock())
+    rec.start()
+    assert (tmp_path / "none.mp4").exists(), "the file is made at start, so a bad path is refused at once"
+    error = Result((), scene(0), None, 0, 10**12, 10**12, 10**12, {}, "test", error="failed")
+    rec.queue.put(error)
+    st = rec.stop(timeout=DEADLINE_S)
+    assert st.state is RecorderState.FINISHED and st.frames == 0
+    assert "nothing was recorded" in st.message and "removed" in st.message
+    assert not (tmp_path / "none.mp4").exists()
