@@ -11,7 +11,6 @@ import argparse
 import collections
 import contextlib
 import os
-import secrets
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from capture.atomic import new_file_mode
+from capture.atomic import atomic_output as shared_atomic_output
 from capture.frame import Frame, PixelFormat
 from engine.manifest import WEIGHTS_DIR, WeightsError
 from engine.processor import ProcessingError, Processor, Result
@@ -213,20 +212,14 @@ def _same_path(a: Path, b: Path) -> bool:
 
 @contextlib.contextmanager
 def atomic_output(dst: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `dst` (same extension, so writers pick the format); rename it to
-    `dst` when the block succeeds, delete it when it fails, so `dst` is never half-written."""
-    tmp = dst.with_name(f".{dst.stem}.{os.getpid()}-{secrets.token_hex(4)}.part{dst.suffix}")
+    """capture.atomic.atomic_output, with a failure to write turned into an EnhanceError naming OUT."""
     try:
-        yield tmp
-        if not tmp.exists():
-            raise EnhanceError(f"nothing was written for {dst}")
-        os.chmod(tmp, new_file_mode())  # encoders may create it 0600 like any temp file; OUT gets open()'s mode
-        os.replace(tmp, dst)
+        with shared_atomic_output(dst) as tmp:
+            yield tmp
+    except FileNotFoundError as exc:
+        raise EnhanceError(f"nothing was written for {dst}") from exc
     except OSError as exc:
         raise EnhanceError(f"cannot write {dst}: {exc.strerror or exc}") from exc
-    finally:
-        with contextlib.suppress(OSError):  # a read-only folder: nothing to clean up, and no second error
-            tmp.unlink(missing_ok=True)
 
 
 # -- jobs ------------------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """Writing files so that a crash or a full disk never leaves a truncated file under the final name."""
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import tempfile
 import threading
 from pathlib import Path
+from typing import Iterator
 
 _UMASK_LOCK = threading.Lock()
 
@@ -50,3 +53,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a hidden temporary path beside `path`, with the same extension (so writers that pick
+    the format by it still do); rename it to `path` with open()'s mode when the block succeeds,
+    delete it when the block fails, so `path` is never half-written. For writers that must be given
+    a file name (encoders, ONNX exporters, torch.save); OSError from the rename propagates."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.part{path.suffix}")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"nothing was written for {path}")
+        os.chmod(tmp, new_file_mode())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):  # a read-only folder: nothing to clean, and no second error
+            tmp.unlink(missing_ok=True)

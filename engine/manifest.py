@@ -8,9 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from capture.atomic import atomic_write_bytes
 from typing import Any
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -139,15 +140,7 @@ def upsert_entry(entry: ModelEntry, weights_dir: Path = WEIGHTS_DIR) -> None:
         doc = json.loads(path.read_text())
     doc.setdefault("models", {})[entry.name] = entry.to_dict()
     doc["models"] = dict(sorted(doc["models"].items()))
-    fd, tmp = tempfile.mkstemp(dir=weights_dir, prefix=".manifest-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode())
 
 
 def entry_for_file(name: str, path: Path, weights_dir: Path = WEIGHTS_DIR, **fields: Any) -> ModelEntry:

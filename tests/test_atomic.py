@@ -32,3 +32,22 @@ def test_an_atomic_write_honours_the_umask(tmp_path, umask, mask, mode):
 
     write_dng(tmp_path / "f.dng", burst_frames(burst(1, size=(32, 32)))[0])
     assert stat.S_IMODE((tmp_path / "f.dng").stat().st_mode) == mode
+
+
+def test_atomic_output_renames_on_success_and_leaves_nothing_on_failure(tmp_path, umask):
+    from capture.atomic import atomic_output
+
+    umask(0o022)
+    with atomic_output(tmp_path / "model.onnx") as tmp:
+        assert tmp.suffix == ".onnx" and tmp.parent == tmp_path and tmp.name.startswith(".")
+        tmp.write_bytes(b"graph")
+    assert (tmp_path / "model.onnx").read_bytes() == b"graph"
+    assert stat.S_IMODE((tmp_path / "model.onnx").stat().st_mode) == 0o644
+    with pytest.raises(RuntimeError):
+        with atomic_output(tmp_path / "other.onnx") as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("the exporter failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    with pytest.raises(FileNotFoundError, match="nothing was written"):
+        with atomic_output(tmp_path / "empty.onnx"):
+            pass

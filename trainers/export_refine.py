@@ -17,14 +17,13 @@ the data and the measured quality, and the sampler's constants (latent scale, ka
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from capture.atomic import atomic_output
 from engine.manifest import WEIGHTS_DIR, TensorSpec, entry_for_file, upsert_entry
 from trainers.models.latent_unet import C_MAPS, LatentUNet
 from trainers.models.raw_vae import LATENT, RawDecoder, RawVAE
@@ -108,15 +107,9 @@ def export_graph(module: nn.Module, inputs: dict[str, torch.Tensor], output: str
                  dynamic: dict[str, dict[int, str]]) -> Path:
     """torch.onnx.export (TorchScript exporter, dynamic axes) into a temporary file, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".onnx")
-    os.close(fd)
-    try:
-        with torch.no_grad():
-            torch.onnx.export(module.eval(), tuple(inputs.values()), tmp, input_names=list(inputs),
-                              output_names=[output], opset_version=OPSET, dynamic_axes=dynamic, dynamo=False)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_output(path) as tmp, torch.no_grad():
+        torch.onnx.export(module.eval(), tuple(inputs.values()), str(tmp), input_names=list(inputs),
+                          output_names=[output], opset_version=OPSET, dynamic_axes=dynamic, dynamo=False)
     return path
 
 

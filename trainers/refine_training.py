@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import csv
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from capture.atomic import atomic_output
 
 LOG_COLUMNS = ("epoch", "step", "train_l1", "val_l1", "train_psnr", "val_psnr", "lr", "seconds")
 
@@ -111,9 +112,8 @@ class Ema:
 def save_checkpoint(path: Path, state: dict) -> None:
     """torch.save to a temporary file beside `path`, then rename: a kill mid-save keeps the old one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path, kind: str) -> dict:
