@@ -6,11 +6,15 @@ import numpy as np
 
 from capture.frame import Frame, PixelFormat, RawMeta
 
-_BAYER_TO_BGR = {  # OpenCV names Bayer codes by the 2nd row's 2nd and 3rd pixels: our row-major RGGB is its "BG"
-    "RGGB": cv2.COLOR_BayerBG2BGR,
-    "BGGR": cv2.COLOR_BayerRG2BGR,
-    "GRBG": cv2.COLOR_BayerGB2BGR,
-    "GBRG": cv2.COLOR_BayerGR2BGR,
+# OpenCV's demosaicing codes per CFA pattern and method. OpenCV names a Bayer code by the 2x2 block
+# starting at (1, 1): our row-major RGGB is its "BG".
+DEMOSAIC_CODES = {
+    "bilinear": {"RGGB": cv2.COLOR_BayerBG2BGR, "BGGR": cv2.COLOR_BayerRG2BGR,
+                 "GRBG": cv2.COLOR_BayerGB2BGR, "GBRG": cv2.COLOR_BayerGR2BGR},
+    "ea": {"RGGB": cv2.COLOR_BayerBG2BGR_EA, "BGGR": cv2.COLOR_BayerRG2BGR_EA,
+           "GRBG": cv2.COLOR_BayerGB2BGR_EA, "GBRG": cv2.COLOR_BayerGR2BGR_EA},
+    "vng": {"RGGB": cv2.COLOR_BayerBG2BGR_VNG, "BGGR": cv2.COLOR_BayerRG2BGR_VNG,
+            "GRBG": cv2.COLOR_BayerGB2BGR_VNG, "GBRG": cv2.COLOR_BayerGR2BGR_VNG},
 }
 
 
@@ -48,7 +52,7 @@ def bayer_to_bgr_preview(mosaic: np.ndarray, raw: RawMeta) -> np.ndarray:
     else:
         scale = float(raw.white_level)
     x = np.clip(x / scale, 0.0, 1.0)
-    bgr = cv2.cvtColor((x * 65535).astype(np.uint16), _BAYER_TO_BGR[raw.cfa_pattern]).astype(np.float32) / 65535
+    bgr = cv2.cvtColor((x * 65535).astype(np.uint16), DEMOSAIC_CODES["bilinear"][raw.cfa_pattern]).astype(np.float32) / 65535
     gains = 1.0 / np.maximum(np.array(raw.as_shot_neutral, np.float32), 1e-6)
     bgr *= (gains / gains[1])[::-1]
     return (np.clip(bgr, 0, 1) ** (1 / 2.2) * 255 + 0.5).astype(np.uint8)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from capture.convert import DEMOSAIC_CODES
 from capture.frame import RawMeta
 from engine.burst.raw import colour_index, unpack
 
@@ -28,14 +29,6 @@ RGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
                        [0.2126729, 0.7151522, 0.0721750],
                        [0.0193339, 0.1191920, 0.9503041]])
 
-_DEMOSAIC = {  # OpenCV names a Bayer code by the 2x2 block starting at (1, 1): our RGGB is its "BG"
-    "bilinear": {"RGGB": cv2.COLOR_BayerBG2BGR, "BGGR": cv2.COLOR_BayerRG2BGR,
-                 "GRBG": cv2.COLOR_BayerGB2BGR, "GBRG": cv2.COLOR_BayerGR2BGR},
-    "ea": {"RGGB": cv2.COLOR_BayerBG2BGR_EA, "BGGR": cv2.COLOR_BayerRG2BGR_EA,
-           "GRBG": cv2.COLOR_BayerGB2BGR_EA, "GBRG": cv2.COLOR_BayerGR2BGR_EA},
-    "vng": {"RGGB": cv2.COLOR_BayerBG2BGR_VNG, "BGGR": cv2.COLOR_BayerRG2BGR_VNG,
-            "GRBG": cv2.COLOR_BayerGB2BGR_VNG, "GBRG": cv2.COLOR_BayerGR2BGR_VNG},
-}
 
 @dataclass(frozen=True)
 class FinishConfig:
@@ -49,8 +42,8 @@ class FinishConfig:
     colour: bool = True
 
     def __post_init__(self) -> None:
-        if self.demosaic not in _DEMOSAIC:
-            raise ValueError(f"demosaic must be one of {sorted(_DEMOSAIC)}, got {self.demosaic!r}")
+        if self.demosaic not in DEMOSAIC_CODES:
+            raise ValueError(f"demosaic must be one of {sorted(DEMOSAIC_CODES)}, got {self.demosaic!r}")
         if not self.exposure > 0:
             raise ValueError(f"exposure must be positive, got {self.exposure}")
 
@@ -91,7 +84,7 @@ def finish(planes: np.ndarray, meta: RawMeta, cfg: FinishConfig = FinishConfig()
     wb = white_balance_gains(meta)[colours].astype(np.float32)
     scaled = planes * (65535.0 * wb)[:, None, None]
     mosaic = unpack(np.clip(scaled, 0, 65535).astype(np.uint16))
-    code = _DEMOSAIC[cfg.demosaic][meta.cfa_pattern]
+    code = DEMOSAIC_CODES[cfg.demosaic][meta.cfa_pattern]
     if cfg.demosaic == "vng":  # OpenCV's VNG takes 8-bit mosaics only
         bgr16 = cv2.cvtColor((mosaic >> 8).astype(np.uint8), code).astype(np.uint16) << 8
     else:
