@@ -19,6 +19,7 @@ from capture.simulated import (
     to_raw_u16,
 )
 from capture.sources import SourceOptions, open_source
+from engine.metrics import psnr
 from capture.worker import CaptureState, CaptureWorker
 from tests.conftest import DEADLINE_S, eventually
 from capture.degradations import (
@@ -47,11 +48,6 @@ def frames(n: int, **kw) -> list:
         return [cam.read() for _ in range(n)]
     finally:
         cam.close()
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0**2 / mse)) if mse else float("inf")
 
 
 def image_dir(tmp_path, *images: np.ndarray):
