@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from capture.sources import SourceOptions, open_source
 from capture.worker import CaptureState, CaptureWorker
 
 SIDECAR = "frames.json"
+_RETRY_COUNT = re.compile(r" \(retry \d+\)$")  # the capture worker's attempt number, which changes every retry
 
 
 def add_parser(sub) -> None:
@@ -28,6 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument("--format", choices=["auto", "png", "dng"], default="auto",
                    help="auto: DNG for RAW frames, PNG otherwise")
     p.add_argument("--fast", action="store_true", help="do not pace files/simulated camera in real time")
+    p.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
+                   help="give up when no frame comes for this long, e.g. no camera plugged in (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=run)
 
@@ -57,6 +61,9 @@ def write_sidecar(out_dir: Path, records: list[dict], source: str, lost: int) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.wait > 0:
+        print(f"error: --wait must be a positive number of seconds, got {args.wait:g}", file=sys.stderr)
+        return 2
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -68,18 +75,29 @@ def run(args: argparse.Namespace) -> int:
     worker = CaptureWorker(source, ring)
     records: list[dict] = []
     error = None
-    t0 = time.monotonic()
+    t0 = last_frame = time.monotonic()
+    said = ""
     worker.start()
     try:
         while len(records) < args.frames:
             try:
-                frame = ring.get(timeout=5.0)
+                frame = ring.get(timeout=min(0.5, args.wait))
             except (BufferClosed, TimeoutError):
                 st = worker.status()
+                why = _RETRY_COUNT.sub("", st.message)
+                if st.state is CaptureState.RETRYING and why != said:  # say it once, not at every retry
+                    print(f"waiting up to {args.wait:g} s for {args.source}: {why}", file=sys.stderr)
+                    said = why
                 if st.state in (CaptureState.RUNNING, CaptureState.RETRYING) and worker.alive:
-                    continue
+                    waited = time.monotonic() - last_frame
+                    if waited < args.wait:
+                        continue
+                    error = (f"no frame from {args.source} for {waited:.1f} s"
+                             + (f": {st.message}" if st.message else "") + " (--wait sets how long to wait)")
+                    break
                 error = st.message or f"source stopped ({st.state.value})"
                 break
+            last_frame = time.monotonic()
             try:
                 path = save_frame(frame, out_dir, args.format)
             except OSError as exc:

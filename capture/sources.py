@@ -1,7 +1,7 @@
 """Turn what the user typed after --source into a Source.
 
     simulated | simulated:bayer | simulated:320x240@60   the built-in camera (default)
-    ps3eye | ps3eye:320x240@120                            our userspace USB driver
+    ps3eye | ps3eye:320x240@120 | ps3eye:bayer             our userspace USB driver (bayer: raw 8-bit mosaic)
     0 | /dev/video0 | 1:640x480@60                         a camera through OpenCV/V4L2
     clip.mp4                                               a video file (PyAV, OpenCV fallback)
     'burst/*.dng' | burst/ (a folder of DNGs)              a DNG burst played as a stream
@@ -63,9 +63,14 @@ def open_source(spec: str, options: SourceOptions = SourceOptions()) -> Source:
     if kind == "ps3eye":
         from capture.ps3eye import PS3EyeCamera, PS3EyeConfig
 
-        if mode_text:
-            w, h, fps = _merge(parse_mode(mode_text), w, h, fps)
-        return PS3EyeCamera(PS3EyeConfig(width=w or 640, height=h or 480, fps=fps or 60))
+        bayer = False
+        for part in filter(None, rest.split(":")):
+            if part == "bayer":
+                bayer = True
+            else:
+                w, h, fps = _merge(parse_mode(part), w, h, fps)
+        return PS3EyeCamera(PS3EyeConfig(width=w or 640, height=h or 480, fps=fps or 60,
+                                         pixel_format=PixelFormat.BAYER16 if bayer else PixelFormat.YUYV))
     if kind.isdigit() or spec.startswith("/dev/video"):
         from capture.opencv_camera import OpenCVCamera, OpenCVCameraConfig
 

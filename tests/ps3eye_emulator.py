@@ -5,22 +5,31 @@ What it models:
   optional other devices on the bus, open/claim/release, kernel-driver attach and detach, and errors
   raised the way pyusb's libusb 1.0 backend raises them (USBError with libusb's code and errno).
 - The OV534 bridge: 8-bit registers over vendor request 0x01, the indirect registers behind
-  0x1c/0x1d (payload size, UVC headers on), the stream switch 0xe0, the LED bits.
+  0x1c/0x1d (input format V_FMT, payload size, frame size, UVC headers on), the stream switch 0xe0,
+  the LED bits.
 - SCCB to the OV772x sensor through bridge registers 0xf1-0xf6: write, set read pointer, read, a
   status register that reports success (or busy for a few polls, or no acknowledge for a wrong bus
-  address), a register reset through COM7 bit 7.
-- Video: once 0xe0 says stream, YUYV frames of the size the bridge and sensor were set to, cut into
-  payloads of the programmed size with 12-byte UVC headers (frame id toggling per frame, end-of-frame
-  on the last, PTS and SCR), and bulk reads with USB packet semantics (a short packet ends a read).
-  The picture is a scikit-image photo shifted a little every frame, mirrored as COM3 says.
+  address), a register reset through COM7 bit 7, and the ID registers (PID 0x77, VER as made).
+- Video: once 0xe0 says stream, frames of the size the bridge and sensor were set to, in the format
+  they were set to: YUYV (COM7 output YUV, DSP_Ctrl4 0, V_FMT 0x40) or an 8-bit Bayer mosaic (COM7
+  output processed or raw Bayer, DSP_Ctrl4 RAW8, V_FMT 0x00). The bridge's frame size register
+  (indirect 3-5, 4-byte words) is a limit: a frame ends at the sensor's frame end or at that many
+  bytes, whichever comes first (the kernel's QVGA value is larger than a QVGA frame). Frames are cut
+  into payloads of the programmed size with 12-byte UVC headers (frame id toggling per frame,
+  end-of-frame on the last, PTS and SCR), and read with USB packet semantics (a short packet ends a
+  read). The picture is a scikit-image photo shifted a little every frame, mirrored as COM3 says; the
+  Bayer mosaic is that picture sampled through the colour filters, which sit on the silicon, so
+  mirroring the readout changes the pattern (GRBG upright, i.e. with both COM3 bits set).
 - Frame rate from the clock registers: fps = base * PLL(COM4) / (CLKRC + 1), base 15 or 25 fps for
   VGA by bridge clock 0xe5 = 4 or 2, and 2.5x that for QVGA. That arithmetic reproduces every row of
   the kernel's tables except the one it labels 137 fps (it gives 167), and the 75 fps VGA row.
   With `fast=True` frames come as fast as they are read.
 
-Faults: drop_payload, corrupt_header, truncate_frame, extend_frame, stall, unplug/replug,
-deny_permission, fail_detach. Anything the driver does that a real camera would not like is
-recorded in `problems`.
+Faults, per frame: drop_payload, corrupt_header, flag_error, trailing_payload, truncate_frame,
+extend_frame. For the stream: set_headers (other header lengths and flags, the error flag on every
+payload), zero_length_reads, halt_endpoint (bulk reads stall until clear_halt), stall (no video),
+unplug/replug. At open: deny_permission, fail_detach, a sensor of another version (sensor_id).
+Anything the driver does that a real camera would not like is recorded in `problems`.
 """
 from __future__ import annotations
 
@@ -96,6 +105,9 @@ _SENSOR_DEFAULTS = {0x00: 0x00, 0x08: 0x00, 0x0A: 0x77, 0x0B: 0x21, 0x0C: 0x10, 
 _BRIDGE_DEFAULTS = {0xE0: 0x09, 0xE5: 0x02, 0xC0: 0x50, 0xC1: 0x3C, 0x21: 0x00, 0x23: 0x00, 0xF1: 0x00}
 _INDIRECT_DEFAULTS = {0x00: 0x40, 0x01: 0x02, 0x02: 0x00}  # 2048-byte payloads, headers off until set
 _SENSOR_READ_ONLY = {0x0A, 0x0B, 0x1C, 0x1D}
+UVC_FID, UVC_EOF, UVC_PTS, UVC_SCR, UVC_ERR, UVC_EOH = 0x01, 0x02, 0x04, 0x08, 0x40, 0x80
+MICROFRAME_S = 125e-6  # a high-speed bus interval: the least a bulk read that returns nothing takes
+UPRIGHT_CFA = "GRBG"  # the Bayer order read out upright (PS3EYEDriver's Bayer mode)
 _PLL = {0: 1, 1: 4, 2: 6, 3: 8}  # COM4 bits 7:6
 _VGA_BASE_FPS = {0x04: 15.0, 0x02: 25.0}  # by bridge clock 0xe5, for PLL/(CLKRC+1) == 1
 _MARGIN_X, _MARGIN_Y = 16, 8  # the scene is this much larger than the frame, for the per-frame shift
@@ -103,9 +115,29 @@ _MARGIN_X, _MARGIN_Y = 16, 8  # the scene is this much larger than the frame, fo
 
 @dataclass
 class _Fault:
-    kind: str  # "drop", "corrupt", "truncate", "extend"
+    kind: str  # "drop", "corrupt", "error", "trailing", "truncate", "extend"
     index: int | None = None
     count: int = 0
+
+
+@dataclass(frozen=True)
+class HeaderStyle:
+    """How the bridge writes every payload header: its length byte (and that many bytes), and which
+    of PTS, SCR and the error flag it sets. The real camera: 12 bytes, PTS and SCR, no error."""
+
+    length: int = 12
+    pts: bool = True
+    scr: bool = True
+    error: bool = False
+
+
+@dataclass(frozen=True)
+class _FrameMeta:
+    width: int
+    height: int
+    hflip: bool
+    vflip: bool
+    raw8: bool  # an 8-bit Bayer mosaic, not YUYV
 
 
 class _Handle:
@@ -121,14 +153,17 @@ class PS3EyeEmulator(usb.backend.IBackend):
     fast: stream frames as fast as they are read, instead of at the programmed frame rate.
     kernel_driver: gspca_ov534 is bound to the video interface at plug-in (as on Linux).
     sccb_busy_polls: how many status polls report busy before each SCCB transaction completes.
+    sensor_id: what the sensor's PID and VER registers hold (0x7721: an OV7725, as in the PS3 Eye).
     clock: what frame times and bulk read timeouts run on. With a FakeClock (the driver on the same one)
     a read that finds no video times out at once in logical time, and paced frames come when due.
+    With fast=True, video takes no logical time at all, so a test of a deadline uses fast=False.
     """
 
     def __init__(self, *, fast: bool = True, scene: str = "astronaut", kernel_driver: bool = False,
                  other_devices: tuple[tuple[int, int], ...] = ((0x1D6B, 0x0002),), sccb_busy_polls: int = 0,
-                 plugged: bool = True, clock: Clock = SYSTEM_CLOCK):
+                 plugged: bool = True, sensor_id: int = 0x7721, clock: Clock = SYSTEM_CLOCK):
         self.fast = fast
+        self._sensor_defaults = {**_SENSOR_DEFAULTS, 0x0A: sensor_id >> 8, 0x0B: sensor_id & 0xFF}
         self.clock = clock
         self.scene_name = scene
         self.kernel_driver_default = kernel_driver
@@ -141,15 +176,21 @@ class PS3EyeEmulator(usb.backend.IBackend):
         self._deny = False
         self._detach_error: str | None = None
         self._stalled = False
+        self._halted = False
+        self._halt_in: int | None = None
+        self._halt_clearable = True
+        self._zero_length = False
+        self._headers = HeaderStyle()
         self._scenes: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._faults: dict[int, list[_Fault]] = collections.defaultdict(list)
-        self._meta: collections.OrderedDict[int, tuple] = collections.OrderedDict()
+        self._meta: collections.OrderedDict[int, _FrameMeta] = collections.OrderedDict()
         self.problems: list[str] = []
         self.bridge_writes: list[tuple[int, int]] = []
         self.sensor_writes: list[tuple[int, int]] = []
         self.frames_started = 0  # frames begun since the emulator was made (never reset)
         self.frames_sent = 0  # frames whose last payload was read
         self.opens = 0
+        self.halts_cleared = 0  # clear_halt calls that found the video endpoint halted
         self._power_on()
 
     # -- inspection ------------------------------------------------------------------------------
@@ -182,6 +223,19 @@ class PS3EyeEmulator(usb.backend.IBackend):
         return self._indirect.get(0x0A) == 0x08 and self._indirect.get(0x0B) == 0x0E
 
     @property
+    def frame_limit(self) -> int:
+        """The bridge's frame size limit in bytes (indirect registers 3-5, in 4-byte words)."""
+        with self._cond:
+            ind = self._indirect
+            return ((ind.get(3, 0) << 16) | (ind.get(4, 0) << 8) | ind.get(5, 0)) * 4
+
+    @property
+    def raw8(self) -> bool:
+        """Whether the sensor is set to send an 8-bit Bayer mosaic (else YUYV)."""
+        with self._cond:
+            return self._sensor[0x12] & 0x03 in (0x01, 0x03)
+
+    @property
     def mode(self) -> tuple[int, int]:
         """(width, height) the bridge sends, from its output size registers (units of 8 pixels)."""
         with self._cond:
@@ -204,17 +258,36 @@ class PS3EyeEmulator(usb.backend.IBackend):
         return self._stream_first
 
     def expected_yuyv(self, n: int) -> np.ndarray:
-        """(H, W, 2) uint8: frame n exactly as it was sent (or will be, with today's settings)."""
-        w, h, hflip, vflip = self._meta.get(n) or self._settings()
-        dx, dy = self._offsets(n, hflip, vflip)
-        return self._scene(w, h, hflip, vflip)[1][dy:dy + h, dx:dx + w]
+        """(H, W, 2) uint8: frame n exactly as it was sent in YUYV (or will be, with today's settings)."""
+        m = self._meta.get(n) or self._settings()
+        dx, dy = self._offsets(n, m.hflip, m.vflip)
+        return self._scene(m.width, m.height, m.hflip, m.vflip)[1][dy:dy + m.height, dx:dx + m.width]
 
     def expected_bgr(self, n: int, hflip: bool | None = None, vflip: bool | None = None) -> np.ndarray:
         """(H, W, 3) uint8: the picture frame n was made from, before YUYV; flips can be overridden."""
-        w, h, hf, vf = self._meta.get(n) or self._settings()
-        hf, vf = hf if hflip is None else hflip, vf if vflip is None else vflip
+        m = self._meta.get(n) or self._settings()
+        hf, vf = m.hflip if hflip is None else hflip, m.vflip if vflip is None else vflip
         dx, dy = self._offsets(n, hf, vf)
-        return self._scene(w, h, hf, vf)[0][dy:dy + h, dx:dx + w]
+        return self._scene(m.width, m.height, hf, vf)[0][dy:dy + m.height, dx:dx + m.width]
+
+    def expected_bayer(self, n: int) -> np.ndarray:
+        """(H, W) uint8: frame n as an 8-bit Bayer mosaic. The filters sit on the silicon: the upright
+        picture is sampled through the upright pattern, then the readout mirrors the mosaic."""
+        m = self._meta.get(n) or self._settings()
+        mosaic = _mosaic(self.expected_bgr(n, hflip=False, vflip=False), UPRIGHT_CFA)
+        return np.ascontiguousarray(_flip(mosaic, m.hflip, m.vflip))
+
+    def expected_cfa(self, n: int) -> str:
+        """The Bayer pattern (as RawMeta names it) of frame n's mosaic."""
+        m = self._meta.get(n) or self._settings()
+        labels = np.array(list(UPRIGHT_CFA)).reshape(2, 2)
+        labels = np.tile(labels, (m.height // 2, m.width // 2))
+        return "".join(_flip(labels, m.hflip, m.vflip)[:2, :2].ravel())
+
+    def expected_frame(self, n: int) -> np.ndarray:
+        """Frame n's pixels in the format it was sent in (YUYV, or the Bayer mosaic)."""
+        m = self._meta.get(n) or self._settings()
+        return self.expected_bayer(n) if m.raw8 else self.expected_yuyv(n)
 
     # -- faults ----------------------------------------------------------------------------------
     def drop_payload(self, frame: int | None = None, index: int = 100) -> int:
@@ -225,6 +298,14 @@ class PS3EyeEmulator(usb.backend.IBackend):
         """Garble the header length byte of one payload."""
         return self._add_fault(frame, _Fault("corrupt", index))
 
+    def flag_error(self, frame: int | None = None, index: int = 100) -> int:
+        """Set the error flag in the header of one payload."""
+        return self._add_fault(frame, _Fault("error", index))
+
+    def trailing_payload(self, frame: int | None = None) -> int:
+        """Send one more data payload after a frame's end-of-frame one, with the same frame id and PTS."""
+        return self._add_fault(frame, _Fault("trailing"))
+
     def truncate_frame(self, frame: int | None = None, keep: int = 150) -> int:
         """End a frame after `keep` payloads, the last one flagged end-of-frame (a short frame)."""
         return self._add_fault(frame, _Fault("truncate", count=keep))
@@ -232,6 +313,33 @@ class PS3EyeEmulator(usb.backend.IBackend):
     def extend_frame(self, frame: int | None = None, extra: int = 2) -> int:
         """Send `extra` more data payloads before the end-of-frame one (an over-long frame)."""
         return self._add_fault(frame, _Fault("extend", count=extra))
+
+    def set_headers(self, style: HeaderStyle = HeaderStyle()) -> None:
+        """Write every payload header from the next frame on this way (HeaderStyle() is the real camera's)."""
+        with self._cond:
+            self._headers = style
+
+    def zero_length_reads(self, on: bool = True) -> None:
+        """Every bulk read returns zero bytes (a zero-length packet each bus interval) while on."""
+        with self._cond:
+            self._zero_length = on
+            self._cond.notify_all()
+
+    def halt_endpoint(self, after_payloads: int = 0, clearable: bool = True) -> None:
+        """The video endpoint halts (stalls) once `after_payloads` more payloads have been sent: bulk
+        reads fail with a pipe error until the host clears the halt, the read that hits it loses what
+        it had (as libusb does), and so does the rest of the frame being sent. clearable=False: the
+        clear-halt request fails too (until the camera is powered again)."""
+        with self._cond:
+            self._halt_clearable = clearable
+            self._halt_in = after_payloads
+            if not after_payloads:
+                self._halt_now()
+            self._cond.notify_all()
+
+    def _halt_now(self) -> None:
+        self._halted, self._halt_in = True, None
+        self._frame_payloads = None
 
     def stall(self, stalled: bool = True) -> None:
         """The bridge stops (or resumes) sending video while still claiming to stream."""
@@ -359,6 +467,11 @@ class PS3EyeEmulator(usb.backend.IBackend):
     def clear_halt(self, dev_handle, ep):
         with self._cond:
             self._check(dev_handle)
+            if ep == BULK_EP and self._halted:
+                if not self._halt_clearable:
+                    raise usb_error("pipe")
+                self._halted = False
+                self.halts_cleared += 1
 
     def reset_device(self, dev_handle):
         with self._cond:
@@ -419,6 +532,11 @@ class PS3EyeEmulator(usb.backend.IBackend):
                 raise usb_error("not_found" if ep != BULK_EP else "io")
             if cap % PACKET:
                 self.problems.append(f"bulk read of {cap} bytes is not a whole number of {PACKET}-byte packets")
+            if self._halted:
+                raise usb_error("pipe")
+            if self._zero_length and self._streaming:
+                self.clock.sleep(MICROFRAME_S)
+                return 0
             while n < cap:
                 payload = self._current_payload()
                 if payload is None:
@@ -429,6 +547,10 @@ class PS3EyeEmulator(usb.backend.IBackend):
                     limit = None if deadline is None else deadline - now
                     self.clock.wait(self._cond, limit if wait is None else wait if limit is None else min(wait, limit))
                     self._check(dev_handle)
+                    if self._halted:
+                        raise usb_error("pipe")
+                    if self._zero_length:
+                        return n
                     continue
                 rest = len(payload) - self._payload_off
                 take = min(rest, cap - n)
@@ -443,6 +565,11 @@ class PS3EyeEmulator(usb.backend.IBackend):
                 self._payload_off += take
                 if self._payload_off == len(payload):
                     self._next_payload()
+                    if self._halt_in is not None:
+                        self._halt_in -= 1
+                        if self._halt_in <= 0:
+                            self._halt_now()
+                            raise usb_error("pipe")
                     if len(payload) % PACKET:
                         break  # a short packet ends the transfer
         return n
@@ -456,7 +583,7 @@ class PS3EyeEmulator(usb.backend.IBackend):
         self._indirect = dict(_INDIRECT_DEFAULTS)
         self._indirect_ptr = 0
         self._sensor = bytearray(256)
-        for reg, value in _SENSOR_DEFAULTS.items():
+        for reg, value in self._sensor_defaults.items():
             self._sensor[reg] = value
         self._sccb_ptr = 0
         self._busy_left = 0
@@ -464,6 +591,8 @@ class PS3EyeEmulator(usb.backend.IBackend):
         self._configuration = 1
         self._streaming = False
         self._stalled = False
+        self._halted = False
+        self._halt_in = None
         self._stream_first = self.frames_started
         self._frame_payloads: list[bytes] | None = None
 
@@ -520,7 +649,7 @@ class PS3EyeEmulator(usb.backend.IBackend):
         self.sensor_writes.append((reg, value))
         if reg == 0x12 and value & 0x80:  # COM7 reset: every register back to power-on, the bit clears
             self._sensor = bytearray(256)
-            for r, v in _SENSOR_DEFAULTS.items():
+            for r, v in self._sensor_defaults.items():
                 self._sensor[r] = v
             return
         if reg in _SENSOR_READ_ONLY:
@@ -555,11 +684,26 @@ class PS3EyeEmulator(usb.backend.IBackend):
             problem = self._stream_problem()
             if problem:
                 self.problems.append(problem)
+            else:  # render the scene now: a real camera does not spend a bulk read loading a photo
+                m = self._settings()
+                self._scene(m.width, m.height, m.hflip, m.vflip)
         self._cond.notify_all()
 
     def _stream_problem(self) -> str | None:
         w, h = self.mode
         qvga = bool(self._sensor[0x12] & 0x40)
+        out, dsp4, v_fmt = self._sensor[0x12] & 0x03, self._sensor[0x67] & 0x03, self._indirect.get(0)
+        if out == 0x02:
+            return "sensor COM7 asks for RGB output, which the emulator does not make"
+        if out in (0x01, 0x03) and dsp4 != 0x02:
+            return f"sensor COM7 asks for Bayer but DSP_Ctrl4 output selection is {dsp4}, not 2 (RAW8)"
+        if out == 0x00 and dsp4 != 0x00:
+            return f"sensor COM7 asks for YUV but DSP_Ctrl4 output selection is {dsp4}, not 0"
+        if v_fmt != (0x00 if out else 0x40):
+            sent = "8-bit Bayer" if out else "YUV"
+            return f"the sensor sends {sent} but the bridge's V_FMT is {v_fmt if v_fmt is None else hex(v_fmt)}"
+        if self.frame_limit == 0:
+            return "the bridge's frame size (indirect registers 3-5) is not set"
         if (w, h) not in ((640, 480), (320, 240)):
             return f"bridge output size {w}x{h} is not a PS3 Eye mode"
         if qvga != (w == 320):
@@ -602,12 +746,12 @@ class PS3EyeEmulator(usb.backend.IBackend):
         n = self.frames_started
         self.frames_started += 1
         self._stream_index += 1
-        w, h, hflip, vflip = self._settings()
-        self._meta[n] = (w, h, hflip, vflip)
+        self._meta[n] = self._settings()
         while len(self._meta) > 1024:
             self._meta.popitem(last=False)
-        pixels = self.expected_yuyv(n).tobytes()
-        chunk = self.payload_size - 12
+        pixels = self.expected_frame(n).tobytes()[:self.frame_limit]
+        style = self._headers
+        chunk = self.payload_size - style.length
         pieces = [pixels[i:i + chunk] for i in range(0, len(pixels), chunk)]
         faults = self._faults.pop(n, [])
         for f in faults:
@@ -618,12 +762,24 @@ class PS3EyeEmulator(usb.backend.IBackend):
         pts = (self._pts_base + self._stream_index * 1000) & 0xFFFFFFFF
         payloads = []
         for i, piece in enumerate(pieces):
-            flags = 0x80 | 0x08 | 0x04 | self._fid | (0x02 if i == len(pieces) - 1 else 0)
-            header = struct.pack("<BBIIH", 12, flags, pts, (pts + i * 7) & 0xFFFFFFFF, (i // 8) & 0x7FF)
+            flags = (UVC_EOH | (UVC_PTS if style.pts else 0) | (UVC_SCR if style.scr else 0)
+                     | (UVC_ERR if style.error else 0) | self._fid | (UVC_EOF if i == len(pieces) - 1 else 0))
+            header = bytes((style.length, flags))
+            if style.pts:
+                header += struct.pack("<I", pts)
+            if style.scr:
+                header += struct.pack("<IH", (pts + i * 7) & 0xFFFFFFFF, (i // 8) & 0x7FF)  # STC, SOF counter
+            header = header[:style.length].ljust(style.length, b"\0")
             payloads.append(header + piece)
         for f in faults:
             if f.kind == "corrupt":
                 payloads[f.index] = bytes((0x5A,)) + payloads[f.index][1:]
+            elif f.kind == "error":
+                p = payloads[f.index]
+                payloads[f.index] = p[:1] + bytes((p[1] | UVC_ERR,)) + p[2:]
+            elif f.kind == "trailing":
+                p = payloads[0]
+                payloads.append(p[:1] + bytes((p[1] & ~UVC_EOF,)) + p[2:])
         drops = sorted({f.index % len(payloads) for f in faults if f.kind == "drop"}, reverse=True)
         for i in drops:
             del payloads[i]
@@ -638,10 +794,11 @@ class PS3EyeEmulator(usb.backend.IBackend):
             self._faults[n].append(fault)
             return n
 
-    def _settings(self) -> tuple[int, int, bool, bool]:
+    def _settings(self) -> _FrameMeta:
         w, h = self.mode
         com3 = self._sensor[0x0C]
-        return w, h, not com3 & 0x40, not com3 & 0x80  # the mounting: both bits set is upright
+        # The mounting: both COM3 bits set is upright.
+        return _FrameMeta(w, h, hflip=not com3 & 0x40, vflip=not com3 & 0x80, raw8=self.raw8)
 
     @staticmethod
     def _offsets(n: int, hflip: bool, vflip: bool) -> tuple[int, int]:
@@ -669,3 +826,23 @@ class PS3EyeEmulator(usb.backend.IBackend):
             bgr = np.ascontiguousarray(bgr)
             self._scenes[key] = (bgr, bgr_to_yuyv(bgr))
         return self._scenes[key]
+
+
+_CHANNEL = {"B": 0, "G": 1, "R": 2}
+
+
+def _mosaic(bgr: np.ndarray, pattern: str) -> np.ndarray:
+    """(H, W) uint8: each pixel keeps the one colour its filter in `pattern` (row-major 2x2) passes."""
+    out = np.empty(bgr.shape[:2], np.uint8)
+    for k, colour in enumerate(pattern):
+        dy, dx = divmod(k, 2)
+        out[dy::2, dx::2] = bgr[dy::2, dx::2, _CHANNEL[colour]]
+    return out
+
+
+def _flip(a: np.ndarray, hflip: bool, vflip: bool) -> np.ndarray:
+    if hflip:
+        a = a[:, ::-1]
+    if vflip:
+        a = a[::-1]
+    return a
