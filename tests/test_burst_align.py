@@ -138,7 +138,7 @@ def test_warped_tile_sums_match_an_opencv_remap_including_reflected_borders(tile
     # pixel boundary part-way along a tile (the kernel splits them there)
     import cv2
 
-    from engine.burst import kernels
+    from engine.burst import align_kernels
 
     rng = np.random.default_rng(7)
     f, ny, nx = 3, 5, 6
@@ -149,9 +149,9 @@ def test_warped_tile_sums_match_an_opencv_remap_including_reflected_borders(tile
     resid = rng.uniform(-1.5, 1.5, (f, ny, nx, 2)).astype(np.float32)
     out = np.empty((f, ny, nx, 3), np.float32)
     diff = np.empty((f, h, w), np.float32)
-    kernels.warped_tile_sums(alt, ref, gx, gy, model, resid, tile, out, diff, 1)
+    align_kernels.warped_tile_sums(alt, ref, gx, gy, model, resid, tile, out, diff, 1)
     every_other = np.empty_like(out)
-    kernels.warped_tile_sums(alt, ref, gx, gy, model, resid, tile, every_other, np.empty((0, 1, 1), np.float32), 2)
+    align_kernels.warped_tile_sums(alt, ref, gx, gy, model, resid, tile, every_other, np.empty((0, 1, 1), np.float32), 2)
     for k in range(f):
         d = _opencv_warp(alt[k], model[k], resid[k], tile) - ref
         assert np.allclose(diff[k], d, atol=2e-4)
@@ -163,7 +163,7 @@ def test_warped_tile_sums_match_an_opencv_remap_including_reflected_borders(tile
 
 
 def test_shifted_tile_ssd_finds_the_whole_pixel_step_that_matches():
-    from engine.burst import kernels
+    from engine.burst import align_kernels
 
     rng = np.random.default_rng(8)
     tile, ny, nx = 8, 4, 5
@@ -173,18 +173,18 @@ def test_shifted_tile_ssd_finds_the_whole_pixel_step_that_matches():
     model = np.zeros((1, 2, 3), np.float32)
     resid = np.zeros((1, ny, nx, 2), np.float32)
     ssd = np.empty((1, ny, nx, 9), np.float32)
-    kernels.shifted_tile_ssd(alt, ref, model, resid, tile, ssd)
+    align_kernels.shifted_tile_ssd(alt, ref, model, resid, tile, ssd)
     inner = ssd[0, 1:-1, 1:-1]  # away from the reflected borders
     assert (inner.argmin(axis=-1) == 3 * 2 + 0).all()  # the step dy = +1, dx = -1
     assert np.allclose(inner.min(axis=-1), 0.0, atol=1e-6)
     sums = np.empty((1, ny, nx, 3), np.float32)
-    kernels.warped_tile_sums(alt, ref, ref, ref, model, resid, tile, sums, np.empty((0, 1, 1), np.float32), 1)
+    align_kernels.warped_tile_sums(alt, ref, ref, ref, model, resid, tile, sums, np.empty((0, 1, 1), np.float32), 1)
     assert np.allclose(ssd[0, ..., 4], sums[0, ..., 2], rtol=1e-5)  # no step: the plain warp's sum
 
 
 def test_warp_kernels_stay_inside_the_image_for_any_flow():
     # numba does not check bounds: NaN or huge flows must be folded into the image, not read past it
-    from engine.burst import kernels
+    from engine.burst import align_kernels
 
     f, h, w, tile = 2, 32, 32, 8
     alt = np.random.default_rng(9).random((f, h, w), dtype=np.float32)
@@ -192,9 +192,9 @@ def test_warp_kernels_stay_inside_the_image_for_any_flow():
     for bad in (np.nan, np.inf, -1e30, 1e9):
         model = np.full((f, 2, 3), bad, np.float32)
         out = np.empty((f, 4, 4, 3), np.float32)
-        kernels.warped_tile_sums(alt, alt[0], alt[0], alt[0], model, resid, tile, out, np.empty((0, 1, 1), np.float32), 1)
+        align_kernels.warped_tile_sums(alt, alt[0], alt[0], alt[0], model, resid, tile, out, np.empty((0, 1, 1), np.float32), 1)
         ssd = np.empty((f, 4, 4, 9), np.float32)
-        kernels.shifted_tile_ssd(alt, alt[0], model, resid, tile, ssd)
+        align_kernels.shifted_tile_ssd(alt, alt[0], model, resid, tile, ssd)
         # every sample came from inside the image, whose values lie in [0, 1]: a tile's sums of
         # products of differences are at most tile * tile in size (a read past the image would
         # bring arbitrary floats), or NaN where the model's own NaN (or inf - inf) reached the
@@ -227,7 +227,7 @@ def test_affine_fit_ignores_outlier_tiles_and_falls_back_to_a_translation_then_t
 
 
 def test_offset_search_table_matches_numpy_with_reflected_borders():
-    from engine.burst import kernels
+    from engine.burst import align_kernels
     from engine.burst.align import tile_means
 
     rng = np.random.default_rng(6)
@@ -235,7 +235,7 @@ def test_offset_search_table_matches_numpy_with_reflected_borders():
     alt = rng.random((3, 24, 40), dtype=np.float32)
     r = 4
     out = np.empty((2 * r + 1, 2 * r + 1, 3, 3, 5), np.float32)
-    kernels.offset_tile_ssd(alt, ref, 8, r, out)
+    align_kernels.offset_tile_ssd(alt, ref, 8, r, out)
     padded = np.pad(alt, ((0, 0), (r, r), (r, r)), mode="reflect")  # REFLECT_101
     for dy in range(2 * r + 1):
         for dx in range(2 * r + 1):
@@ -267,7 +267,7 @@ def test_flows_at_points_are_the_dense_flow_there_replicated_past_the_edges(cfg)
 
 
 def test_the_affine_fits_median_is_numpys_with_ties_and_even_lengths():
-    from engine.burst.kernels import _median
+    from engine.burst.align_kernels import _median
 
     rng = np.random.default_rng(12)
     for n in [*range(1, 30), 299, 300]:

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from engine.burst import kernels
+from engine.burst import merge_kernels
 from engine.burst.align import align
 from engine.burst.merge import MergeConfig, merge, merge_mean, raised_cosine, tile_inverse, tile_spectra
 from engine.burst.raw import grey
@@ -37,10 +37,10 @@ def test_tile_spectra_match_numpy_keep_float32_and_invert(t):
 def test_raised_cosine_tiles_add_back_to_the_image():
     img = np.random.default_rng(1).random((4, 64, 96), dtype=np.float32)
     tiles = np.empty((4, 7, 11, 16, 16), np.float32)
-    kernels.windowed_tiles(img, raised_cosine(16), tiles)
+    merge_kernels.windowed_tiles(img, raised_cosine(16), tiles)
     assert np.array_equal(tiles, tiles_of(img, 16) * raised_cosine(16))
     back = np.zeros_like(img)
-    kernels.overlap_add(tiles, back, 0)
+    merge_kernels.overlap_add(tiles, back, 0)
     assert np.abs(back[:, 8:-8, 8:-8] - img[:, 8:-8, 8:-8]).max() < 1e-5
 
 
@@ -66,7 +66,7 @@ def test_shifted_differences_take_each_tile_at_its_shift_past_every_edge_and_ign
     shifts = (rng.integers(-9 * 32, 9 * 32, (f_n, ny, nx, 2)) / 32).astype(np.float32)
     shifts[0, 0, 0] = (2.0, -3.0)
     out = np.empty((f_n, 4, ny - 1, nx, t, t), np.float32)
-    kernels.shifted_differences(ref, frames, shifts, cubic, raised_cosine(t), 1.0, 1, out)  # tile rows 1..ny-1
+    merge_kernels.shifted_differences(ref, frames, shifts, cubic, raised_cosine(t), 1.0, 1, out)  # tile rows 1..ny-1
     flag = cv2.INTER_CUBIC if cubic else cv2.INTER_LINEAR
     clipped_only_there = 0
     for f in range(f_n):
@@ -87,7 +87,7 @@ def test_wiener_kernels_match_their_numpy_formulas():
     c = rng.uniform(0.1, 4, (4, 3, 6)).astype(np.float32)
     conf = rng.uniform(0, 1, (5, 3, 6)).astype(np.float32)
     acc = np.empty(shape[1:], np.complex64)
-    kernels.wiener_sum(spec, c, conf, 1 / 6, acc)
+    merge_kernels.wiener_sum(spec, c, conf, 1 / 6, acc)
     cc, conf_ = c[None, ..., None, None], conf[:, None, ..., None, None]
     want = (spec * (conf_ * cc / (np.abs(spec) ** 2 + cc))).sum(axis=0) / 6
     assert np.allclose(acc, want, rtol=1e-4, atol=1e-5)
@@ -95,7 +95,7 @@ def test_wiener_kernels_match_their_numpy_formulas():
     c2 = rng.uniform(0.1, 4, (4, 3, 6)).astype(np.float32)
     m = ref - acc
     want = m * (np.abs(m) ** 2 / (np.abs(m) ** 2 + c2[..., None, None]))
-    kernels.spatial_shrink(ref, acc, c2)
+    merge_kernels.spatial_shrink(ref, acc, c2)
     assert np.allclose(ref, want, rtol=1e-4, atol=1e-5)
 
 
@@ -104,18 +104,18 @@ def general_merge16(ref, frames, shifts, c, conf, inv_n, c2, spatial):
     f, (p, ny, nx) = frames.shape[0], c.shape
     window = raised_cosine(16)
     tiles = np.empty((f, p, ny, nx, 16, 16), np.float32)
-    kernels.shifted_differences(ref, frames, shifts, True, window, 1.0, 0, tiles)
+    merge_kernels.shifted_differences(ref, frames, shifts, True, window, 1.0, 0, tiles)
     acc = np.empty((p, ny, nx, 16, 9), np.complex64)
-    kernels.wiener_sum(tile_spectra(tiles), c, conf, inv_n, acc)
+    merge_kernels.wiener_sum(tile_spectra(tiles), c, conf, inv_n, acc)
     own = np.empty((p, ny, nx, 16, 16), np.float32)
-    kernels.windowed_tiles(ref, window, own)
+    merge_kernels.windowed_tiles(ref, window, own)
     m = tile_spectra(own)
     if spatial:
-        kernels.spatial_shrink(m, acc, c2)
+        merge_kernels.spatial_shrink(m, acc, c2)
     else:
         m -= acc
     out = np.zeros_like(ref)
-    kernels.overlap_add(tile_inverse(m, 16), out, 0)
+    merge_kernels.overlap_add(tile_inverse(m, 16), out, 0)
     return out
 
 
@@ -134,7 +134,7 @@ def test_fused_merge_kernel_equals_the_general_path(frames, nx, spatial):
     c2 = rng.uniform(0.0, 0.5, (4, ny, nx)).astype(np.float32)
     conf = rng.uniform(0, 1, (frames, ny, nx)).astype(np.float32)
     out = np.zeros_like(ref)
-    kernels.wiener_merge16(ref, others, shifts, True, raised_cosine(16), 1.0, c, conf, 1 / (frames + 1), c2, spatial, out)
+    merge_kernels.wiener_merge16(ref, others, shifts, True, raised_cosine(16), 1.0, c, conf, 1 / (frames + 1), c2, spatial, out)
     want = general_merge16(ref, others, shifts, c, conf, 1 / (frames + 1), c2, spatial)
     assert np.abs(out - want).max() < 2e-5
 
@@ -153,8 +153,8 @@ def test_a_nan_or_absurd_flow_samples_the_tile_unshifted_instead_of_reading_outs
     sane = shifts.copy()
     sane[0, 1, 2] = sane[1, 3, 4] = sane[1, 2, 2] = 0.0
     out, want = np.zeros_like(ref), np.zeros_like(ref)
-    kernels.wiener_merge16(ref, frames, bad, True, raised_cosine(16), 2.0, c, conf, 1 / 3, c, True, out)
-    kernels.wiener_merge16(ref, frames, sane, True, raised_cosine(16), 2.0, c, conf, 1 / 3, c, True, want)
+    merge_kernels.wiener_merge16(ref, frames, bad, True, raised_cosine(16), 2.0, c, conf, 1 / 3, c, True, out)
+    merge_kernels.wiener_merge16(ref, frames, sane, True, raised_cosine(16), 2.0, c, conf, 1 / 3, c, True, want)
     assert np.isfinite(out).all() and np.array_equal(out, want)
 
 
@@ -272,12 +272,13 @@ def test_burst_fusion_compiles_its_kernels_when_it_is_made():
     import sys
 
     # the default path's kernels, and the general merge path's (other tile sizes), which it does not need
-    code = ("from engine.burst import kernels\n"
+    code = ("from engine.burst.sampling_kernels import cached_kernels\n"
             "from engine.burst.fusion import BurstFusion\n"
             "used = ['wiener_merge16', 'interleave_frames', 'warped_tile_sums',\n"
             "        'shifted_tile_ssd', 'offset_tile_ssd', 'fit_affine_irls']\n"
             "general = ['shifted_differences', 'windowed_tiles', 'wiener_sum', 'spatial_shrink', 'overlap_add']\n"
-            "compiled = lambda names: sum(bool(getattr(kernels, n).signatures) for n in names)\n"
+            "kernels = {k.__name__: k for k in cached_kernels()}\n"
+            "compiled = lambda names: sum(bool(kernels[n].signatures) for n in names)\n"
             "before = compiled(used)\n"
             "BurstFusion(4)\n"
             "print(before, compiled(used), compiled(general))\n")

@@ -10,7 +10,8 @@ _PROBE = """
 import json, os
 import numba, numpy as np
 from numba import njit, prange
-import engine.burst.kernels
+import engine.burst.align_kernels
+import engine.burst.merge_kernels
 if CONFIGURE:
     from engine.process import configure_process
     configure_process(keep_freed=False)

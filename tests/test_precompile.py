@@ -8,13 +8,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 # dis + robust: a configuration that warms no kernel, so the probe itself compiles nothing
 _PROBE = """
-from engine.burst import kernels
+from engine.burst.sampling_kernels import uncached
 from engine.burst.align import AlignConfig
 from engine.burst.fusion import BurstConfig, prepare_for_bursts
 from engine.burst.merge import MergeConfig
 said = []
 prepare_for_bursts(BurstConfig(align=AlignConfig(method="dis"), merge=MergeConfig(method="robust")), said.append)
-print(len(kernels.uncached()), said)
+print(len(uncached()), said)
 """
 
 
@@ -37,11 +37,9 @@ def test_an_empty_cache_is_announced_and_a_filled_one_is_not(tmp_path):
 
 
 def _index_paths(cache_dir: Path) -> list[Path]:
-    code = ("from engine.burst import kernels\n"
-            "import numba\n"
-            "for v in vars(kernels).values():\n"
-            "    if isinstance(v, numba.core.registry.CPUDispatcher) and hasattr(v._cache, '_cache_file'):\n"
-            "        print(v._cache._cache_file._index_path)\n")
+    code = ("from engine.burst.sampling_kernels import cached_kernels\n"
+            "for k in cached_kernels():\n"
+            "    print(k._cache._cache_file._index_path)\n")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir)}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=120, check=True)

@@ -767,7 +767,7 @@ def report_sections(quality, ghosts, speed_640, peak_640, big, live, gains, args
                  f"{profile['merge_ms']:.0f} ms each under the profiler; own time of the functions doing each part):\n\n"
                  + markdown_table(["part of the Wiener merge", "ms per merge", "share"], rows))
     body += ("\n\nWith 16x16 tiles the merge is one numba kernel from the frames to the overlap-added "
-             "result (engine/burst/kernels.py: wiener_merge16). It takes two neighbouring tiles at a time, their "
+             "result (engine/burst/merge_kernels.py: wiener_merge16). It takes two neighbouring tiles at a time, their "
              "four planes in the 8 lanes of generated straight-line FFT codelets (engine/burst/fft_codelets.py), "
              "which LLVM turns into 8-wide AVX butterflies: the reference's tiles once, then each frame's, sampled "
              "at each tile's flow (a translation: two 4-tap bicubic passes, as HDR+ takes each tile at its own "

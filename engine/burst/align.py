@@ -13,7 +13,7 @@ pixels). Two aligners give the same `Alignment`:
         part of its flow the model does not explain *and* that is significant against its noise
     each finer level: model and residuals carried down (x2), a noise-gated integer +-1 re-search,
         then Lucas-Kanade (Gauss-Newton) steps on every tile of every frame at once
-Every warp and its per-tile sums run as one compiled loop over all frames (kernels.py).
+Every warp and its per-tile sums run as one compiled loop over all frames (align_kernels.py).
 So a static scene is aligned by its affine model (exact for handheld translation + rotation, and
 right across flat sky or walls), while a moving object keeps its own tile flow.
 `align_dis`: OpenCV's DIS optical flow on the gamma-encoded 8-bit grey images (dense).
@@ -39,8 +39,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engine.burst import kernels
+from engine.burst import align_kernels
 from engine.burst.raw import NoiseModel
+from engine.burst.sampling_kernels import LOCK
 
 
 @dataclass(frozen=True)
@@ -323,7 +324,7 @@ def align_tiles(grey: np.ndarray, ref: int, noise: NoiseModel, cfg: AlignConfig 
     """(N, h, w) float32 grey images of a burst -> Alignment of every frame to frames[ref].
 
     All frames and all tiles of a level are processed together: each warp with its per-tile sums
-    is one compiled loop over every frame (kernels.py); Python loops run over levels, search
+    is one compiled loop over every frame (align_kernels.py); Python loops run over levels, search
     offsets and Gauss-Newton steps only.
     """
     n, h, w = grey.shape
@@ -386,13 +387,15 @@ def affine_at_stack(models: np.ndarray, pts: np.ndarray) -> np.ndarray:
 def _coarse_search(ref: np.ndarray, alt: np.ndarray, tile: int, radius: int) -> np.ndarray:
     """Exhaustive +-radius integer search from zero for every tile, sub-pixel by a separable
     quadratic fit of the SSD around the minimum. ref (H, W), alt (F, H, W) -> flows (F, ny, nx, 2)
-    and the mean squared difference left at the best offset (F, ny, nx)."""
+    and the mean squared difference left at the best offset (F, ny, nx).
+    The table searched holds, for every offset (dx, dy), tile_means((alt shifted by (dx, dy) -
+    ref)^2) with alt's borders reflected (align_kernels.offset_tile_ssd)."""
     f, hh, ww = alt.shape
     size = 2 * radius + 1
     ssd = np.empty((size, size, f, hh // tile, ww // tile), np.float32)
-    with kernels.LOCK:
-        kernels.offset_tile_ssd(np.ascontiguousarray(alt, np.float32), np.ascontiguousarray(ref, np.float32), tile,
-                                radius, ssd)
+    with LOCK:
+        align_kernels.offset_tile_ssd(np.ascontiguousarray(alt, np.float32), np.ascontiguousarray(ref, np.float32),
+                                      tile, radius, ssd)
     by, bx = np.divmod(ssd.reshape(size * size, *ssd.shape[2:]).argmin(axis=0), size)
     sub_x, sub_y = _quadratic_subpixel(ssd, by, bx)
     best = ssd.reshape(size * size, *ssd.shape[2:]).min(axis=0)
@@ -430,15 +433,17 @@ def _resample_tiles(resid: np.ndarray, coarse: _Level, fine: _Level) -> np.ndarr
 
 def _warp_sums(L: "_Level", model: np.ndarray, resid: np.ndarray | None, diff: np.ndarray | None = None,
                row_step: int = 1) -> np.ndarray:
-    """(F, ny, nx, 3) per-tile means of gx d, gy d and d^2, d = the smoothed frame warped by model +
-    resid - the smoothed reference (kernels.warped_tile_sums; resid None: the model alone), over
-    every row_step-th row. `diff`, if given, receives d (row_step 1 only)."""
+    """(F, ny, nx, 3) per frame and tile, over every row_step-th row, the means of gx d, gy d and d^2
+    (tile_means(gx * d, tile), ...), where d is the smoothed frame warped by its model plus each
+    tile's own flow (resid None: the model alone), less the smoothed reference:
+        d[f] = warp(alt_s[f], affine_dense(model[f], H, W) + resid[f] repeated over its tile) - ref_s
+    (align_kernels.warped_tile_sums). `diff`, if given, receives d (row_step 1 only)."""
     f = L.alt_s.shape[0]
     r = np.zeros((f,) + L.valid.shape + (2,), np.float32) if resid is None else np.ascontiguousarray(resid, np.float32)
     out = np.empty((f,) + L.valid.shape + (3,), np.float32)
-    with kernels.LOCK:
-        kernels.warped_tile_sums(L.alt_s, L.ref_s, L.gx, L.gy, np.ascontiguousarray(model, np.float32), r, L.tile, out,
-                                 _NO_DIFF if diff is None else diff, row_step)
+    with LOCK:
+        align_kernels.warped_tile_sums(L.alt_s, L.ref_s, L.gx, L.gy, np.ascontiguousarray(model, np.float32), r,
+                                       L.tile, out, _NO_DIFF if diff is None else diff, row_step)
     out /= L.tile * len(range(0, L.tile, row_step))
     return out
 
@@ -448,15 +453,17 @@ _NO_DIFF = np.empty((0, 1, 1), np.float32)
 
 def _integer_refine(L: _Level, model: np.ndarray, resid: np.ndarray) -> np.ndarray:
     """Re-search +-1 pixel around each tile's flow, so a tile whose coarse guess was off by a pixel
-    still lands in Lucas-Kanade's basin (kernels.shifted_tile_ssd: nine sums of squared differences
-    per tile from one warped patch). A move is taken only if it lowers the tile's mean squared
+    still lands in Lucas-Kanade's basin: per tile, the sum of squared differences between the
+    reference and the frame warped by its model plus the tile's flow (as d in _warp_sums, unsmoothed),
+    moved by each whole-pixel step in -1..1 (align_kernels.shifted_tile_ssd: nine sums from one
+    warped patch). A move is taken only if it lowers the tile's mean squared
     difference by more than a quarter of what noise alone leaves, so flat tiles do not wander."""
     resid = np.ascontiguousarray(resid, np.float32).copy()
     tile = L.tile
     gate = max(0.25, 3.0 * np.sqrt(2.0 / (tile * tile))) * 2.0 * L.noise_var
     ssd = np.empty(resid.shape[:3] + (9,), np.float32)
-    with kernels.LOCK:
-        kernels.shifted_tile_ssd(L.alt, L.ref, np.ascontiguousarray(model, np.float32), resid, tile, ssd)
+    with LOCK:
+        align_kernels.shifted_tile_ssd(L.alt, L.ref, np.ascontiguousarray(model, np.float32), resid, tile, ssd)
     ssd /= tile * tile
     best = ssd.argmin(axis=-1)
     gain = ssd[..., 4] - np.take_along_axis(ssd, best[..., None], -1)[..., 0]
@@ -545,12 +552,12 @@ def _fit_affine(centres: np.ndarray, flow: np.ndarray, weight: np.ndarray, itera
     (ny, nx) weights -> (F, 2, 3). Iteratively reweighted least squares with a Cauchy weight on
     the residual, so tiles on a moving object do not pull the camera's model; with too few
     reliable tiles spread over the frame, a translation (weighted mean) instead; with none, zero.
-    The arithmetic is kernels.fit_affine_irls."""
+    The arithmetic is align_kernels.fit_affine_irls."""
     f = flow.shape[0]
     pts = np.ascontiguousarray(centres.reshape(-1, 2), np.float64)
     v = np.ascontiguousarray(flow.reshape(f, -1, 2), np.float64)
     w0 = np.ascontiguousarray(weight.reshape(-1), np.float64)
-    return kernels.fit_affine_irls(pts, v, w0, iterations).astype(np.float32)
+    return align_kernels.fit_affine_irls(pts, v, w0, iterations).astype(np.float32)
 
 
 def _tile_ssd(L: _Level, model: np.ndarray, resid: np.ndarray | None, row_step: int = 1) -> np.ndarray:

@@ -132,9 +132,9 @@ def prepare_for_bursts(cfg: BurstConfig, announce: Callable[[str], None] | None 
     the calling thread, so a later burst does not stop for it. When some are not cached on this
     machine yet, `announce` is told first (a minute of compiling, once per machine: `make run` and
     `make test` compile them during set-up)."""
-    from engine.burst import kernels
+    from engine.burst.sampling_kernels import uncached
 
-    cold = kernels.uncached()
+    cold = uncached()
     if cold and announce is not None:
         announce(f"compiling {len(cold)} burst kernels for this machine (once; about a minute, cached after)")
     if cfg.align.method == "tiles":

@@ -17,7 +17,7 @@
     optional spatial step: the merged spectrum shrunk once more against its reduced noise.
 
 With 16x16 tiles (the default) one compiled kernel does all of that per tile, from the frames to
-the overlap-added result (kernels.wiener_merge16, with generated 8-lane FFT codelets: two
+the overlap-added result (merge_kernels.wiener_merge16, with generated 8-lane FFT codelets: two
 neighbouring tiles' four planes are transformed at once), so no warped frame, tile or spectrum
 array ever goes through memory. Other tile sizes take the general path: batched real FFTs (scipy.fft,
 float32, on every core) with the arithmetic between them (sampling, difference, clip mask, window,
@@ -46,9 +46,10 @@ import cv2
 import numpy as np
 import scipy.fft
 
-from engine.burst import kernels
+from engine.burst import merge_kernels
 from engine.burst.align import Alignment
 from engine.burst.raw import SATURATION, NoiseModel
+from engine.burst.sampling_kernels import LOCK, interleave_frames
 
 _INTERPOLATION = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
 
@@ -182,10 +183,11 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
     # the fused kernel (t = 16) and the spatial step make the merged planes here; otherwise this is
     # what the merge takes away from the reference
     out = np.zeros((4, hp, wp), np.float32)
-    with kernels.LOCK:
-        kernels.interleave_frames(np.ascontiguousarray(planes, np.float32), np.array(others, np.int64), frames)
+    with LOCK:
+        interleave_frames(np.ascontiguousarray(planes, np.float32), np.array(others, np.int64), frames)
         if t == 16:
-            kernels.wiener_merge16(r_pad, frames, shifts, cubic, window, SATURATION, c, conf, 1.0 / n, c2, spatial, out)
+            merge_kernels.wiener_merge16(r_pad, frames, shifts, cubic, window, SATURATION, c, conf, 1.0 / n, c2, spatial,
+                                         out)
             return np.ascontiguousarray(out[:, s : s + h, s : s + w])
         # the general path, in strips of whole tile rows: their tiles and spectra (about 65 KB a tile)
         rows_per = int(max(1, min(ny, cfg.strip_mb * 2**20 // (f * 4 * nx * (4 * t * t + 8 * t * (t // 2 + 1))))))
@@ -193,18 +195,21 @@ def merge_wiener(planes: np.ndarray, alignment: Alignment, noise: NoiseModel, cf
         for r0 in range(0, ny, rows_per):
             r1 = min(ny, r0 + rows_per)
             tiles = tiles_buf[: f * 4 * (r1 - r0) * nx * t * t].reshape(f, 4, r1 - r0, nx, t, t)
-            kernels.shifted_differences(r_pad, frames, shifts, cubic, window, SATURATION, r0, tiles)
-            spec = tile_spectra(tiles, overwrite=True)  # (F, 4, nr, nx, t, t/2+1)
-            acc = np.empty(spec.shape[1:], np.complex64)
-            kernels.wiener_sum(spec, np.ascontiguousarray(c[:, r0:r1]), np.ascontiguousarray(conf[:, r0:r1]), 1.0 / n, acc)
+            # window * (reference - frame_z), frame_z taken at each tile's flow, its clipped samples the reference's
+            merge_kernels.shifted_differences(r_pad, frames, shifts, cubic, window, SATURATION, r0, tiles)
+            spec = tile_spectra(tiles, overwrite=True)  # D_z: (F, 4, nr, nx, t, t/2+1)
+            acc = np.empty(spec.shape[1:], np.complex64)  # receives (1/N) sum_z conf_z (1 - A_z) D_z
+            merge_kernels.wiener_sum(spec, np.ascontiguousarray(c[:, r0:r1]), np.ascontiguousarray(conf[:, r0:r1]),
+                                     1.0 / n, acc)
             if spatial:
                 ref_strip = np.ascontiguousarray(r_pad[:, r0 * s : (r1 + 1) * s])
                 m = tiles_buf[: 4 * (r1 - r0) * nx * t * t].reshape(4, r1 - r0, nx, t, t)
-                kernels.windowed_tiles(ref_strip, window, m)
-                m = tile_spectra(m, overwrite=True)
-                kernels.spatial_shrink(m, acc, np.ascontiguousarray(c2[:, r0:r1]))  # m: the merged image itself now
+                merge_kernels.windowed_tiles(ref_strip, window, m)
+                m = tile_spectra(m, overwrite=True)  # the reference's spectrum
+                # m - acc, the merged spectrum, shrunk against its reduced noise: the merged image itself
+                merge_kernels.spatial_shrink(m, acc, np.ascontiguousarray(c2[:, r0:r1]))
                 acc = m
-            kernels.overlap_add(tile_inverse(acc, t), out, r0 * s)
+            merge_kernels.overlap_add(tile_inverse(acc, t), out, r0 * s)
     merged = out if spatial else r_pad - out
     return np.ascontiguousarray(merged[:, s : s + h, s : s + w])
 
