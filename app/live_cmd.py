@@ -95,6 +95,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"eyefuse live: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=1))
-    if summary["ended"] not in ("frames", "seconds"):
+    if summary["failed"] or summary["ended"] not in ("frames", "seconds"):
         print(f"eyefuse live: {summary['end_message']}", file=sys.stderr)
     return 1 if summary["failed"] or not summary["frames_shown"] else 0

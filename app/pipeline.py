@@ -207,9 +207,8 @@ class RunEnd:
 
 def signal_end(exc: BaseException) -> RunEnd:
     """The RunEnd for Ctrl-C (KeyboardInterrupt) or SIGTERM (app.cli.Terminated)."""
-    from app.cli import Terminated
-
-    if isinstance(exc, Terminated):
+    # By name: under `python -m app.cli` the raising module is __main__, a second copy of app.cli
+    if any(cls.__name__ == "Terminated" for cls in type(exc).__mro__):
         return RunEnd("terminated", "terminated (SIGTERM); the recording and the figures were finalised", True)
     return RunEnd("interrupted", "interrupted (Ctrl-C); the recording and the figures were finalised", True)
 

@@ -27,11 +27,14 @@ from PyQt6.QtWidgets import QApplication  # noqa: E402
 
 from app.pipeline import PipelineConfig  # noqa: E402
 from app.recorder import RecorderState, RecordQueue  # noqa: E402
+from app.stats_panel import StatsSnapshot, overlay_lines, panel_rows  # noqa: E402
 from app.viewer import (  # noqa: E402
     BeforeAfterViewer, Rect, ViewMode, bgr_qimage, clamp_center, fit_scale, image_rect, widget_to_image, zoom_about,
 )
 from app.window import MainWindow, RunPlan, WindowOptions, make_window_processor, run_window  # noqa: E402
+from capture.clock import SYSTEM_CLOCK, FakeClock  # noqa: E402
 from capture.convert import to_bgr8  # noqa: E402
+from capture.simulated import SimulatedCamera, SimulatedConfig  # noqa: E402
 from capture.sources import SourceOptions, open_source  # noqa: E402
 from engine.processor import BicubicProcessor, Processor, ProcessingError, StageTimer  # noqa: E402
 from tests.conftest import DEADLINE_S  # noqa: E402
@@ -170,13 +173,14 @@ def processors() -> ProcessorSwitches:
 def open_window(qtbot, tmp_path, processors):
     windows = []
 
-    def make(source=SMALL, processor="bicubic", opener=open_source, choices=None, plan=RunPlan(), **options):
+    def make(source=SMALL, processor="bicubic", opener=open_source, choices=None, plan=RunPlan(),
+             clock=SYSTEM_CLOCK, **options):
         opts = WindowOptions(record_dir=tmp_path / "rec", snapshot_dir=tmp_path / "snap", size=(900, 600),
                              stats_interval_ms=100, **options)
         w = MainWindow(PipelineConfig(source=source, processor=processor), opts, plan, opener=opener,
                        processor_factory=processors.make,
                        choices=choices or ["bicubic", "fake_steps", "fake_burst", "slow_load", "flaky", "held",
-                                           "passthrough"])
+                                           "passthrough"], clock=clock)
         qtbot.addWidget(w)
         windows.append(w)
         w.show()
@@ -419,6 +423,20 @@ def test_a_full_disk_stops_recording_with_a_banner_and_the_preview_goes_on(open_
     assert w.last_recording is not None and w.last_recording.state is RecorderState.FAILED
     wait_frames(qtbot, w, 10)  # the preview never stopped
     assert not w.record_indicator.isVisible()
+    w.close()
+    assert "disk is full" in w.final_stats["record_error"] and w.final_stats["failed"], "the figures say so too"
+
+
+def test_a_recording_that_failed_makes_the_command_exit_non_zero(tmp_path, capsys):
+    # The real `eyefuse live` entry point: it says so at the end and exits 1, though frames were shown.
+    args = SimpleNamespace(offscreen=True, frames=10, seconds=None, record="/dev/full", record_side_by_side=False,
+                           screenshot=None, stats=str(tmp_path / "s.json"), burst=None, steps=None, weights_dir=None)
+    assert run_window(PipelineConfig(source=SMALL, processor="bicubic"), args) == 1
+    assert "the recording failed" in capsys.readouterr().err
+    import json
+
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["frames_shown"] >= 10 and stats["record"]["state"] == "failed" and stats["failed"]
 
 
 def test_headless_mode_runs_without_qt(tmp_path):
@@ -546,3 +564,81 @@ def test_display_images_are_32_bit_copies_that_draw_the_same_colours():
     grey = np.zeros((4, 6), np.uint8)
     assert display_image(grey) is grey  # not a BGR frame: left for the viewer to refuse
 
+
+
+# -- unattended runs that end on their own, and outages ---------------------------------------------
+def test_an_unattended_run_ends_when_its_source_ends(open_window, qtbot, tmp_path):
+    from tests.test_live_cmd import make_clip
+
+    clip = make_clip(tmp_path / "short.mp4", 12)
+    w = open_window(source=str(clip), plan=RunPlan(frames=100, stats=tmp_path / "s.json"))
+    qtbot.waitUntil(lambda: w.final_stats is not None, timeout=WAIT_MS)  # the run ended by itself
+    assert w.run_end.reason == "source ended" and not w.run_end.failed
+    assert "ended after 12 frames" in w.run_end.message and "of the 100 asked for" in w.run_end.message
+    assert 0 < w.frames_shown <= 12
+    import json
+
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["ended"] == "source ended" and stats["capture_state"] == "ended" and not stats["failed"]
+
+
+def test_an_unattended_run_stops_when_the_processor_fails_every_frame(open_window, qtbot, tmp_path, processors):
+    """On a FakeClock that the simulated camera moves: 3 s of its frames all failing stop the run,
+    failed, with the reason in the banner and the figures; the recording that got no frame leaves
+    no empty file."""
+    clock = FakeClock()
+    t0 = clock.monotonic()
+    processors.broken.set()
+    w = open_window(processor="flaky", clock=clock, fail_after_s=3.0,
+                    opener=lambda spec, options: SimulatedCamera(SimulatedConfig(width=160, height=120), clock=clock),
+                    plan=RunPlan(frames=10, record=tmp_path / "r.mp4", stats=tmp_path / "s.json"))
+    qtbot.waitUntil(lambda: w.final_stats is not None, timeout=WAIT_MS)
+    assert w.run_end.reason == "processor failed" and w.run_end.failed
+    assert "flaky failed on every frame for 3 s" in w.run_end.message and "ran out of luck" in w.run_end.message
+    assert clock.monotonic() - t0 >= 3.0, "3 s of the run's (logical) time went by first"
+    assert "failed on every frame" in w.banner.label.text(), "the banner said so (the window is closed now)"
+    import json
+
+    stats = json.loads((tmp_path / "s.json").read_text())
+    assert stats["ended"] == "processor failed" and stats["failed"] and stats["frames_shown"] == 0
+    assert "nothing was recorded" in stats["record_error"] and not (tmp_path / "r.mp4").exists()
+
+
+def test_a_camera_outage_shows_live_and_is_kept_in_the_figures(open_window, qtbot, tmp_path):
+    from tests.test_capture_outages import Unpluggable
+
+    cam = Unpluggable(SYSTEM_CLOCK)
+    cam.stream(1 / 30)
+    w = open_window(source="unpluggable", plan=RunPlan(stats=tmp_path / "s.json"),
+                    opener=lambda spec, options: cam if spec == "unpluggable" else open_source(spec, options))
+    wait_frames(qtbot, w, 5)
+    assert w.stats_panel.value("outages") in ("", "none")
+    cam.unplug()
+    # no rate while nothing comes (not the last one it had), and how long it has been
+    qtbot.waitUntil(lambda: w.stats_panel.value("capture") == "0.0 fps", timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: any(line.startswith("capture retrying: no frame for") for line in w.viewer._overlay),
+                    timeout=WAIT_MS)
+    assert "camera lost" in w.banner.text and "no frame for" in w.banner.text
+    assert w.stats_panel.value("last frame").endswith(" s ago")
+    assert w.stats_panel.value("outages").startswith("1 (")
+    cam.plug()
+    wait_frames(qtbot, w, 5)
+    qtbot.waitUntil(lambda: not any(line.startswith("capture ") and "no frame" in line for line in w.viewer._overlay),
+                    timeout=WAIT_MS)
+    w.close()
+    import json
+
+    outages = json.loads((tmp_path / "s.json").read_text())["capture_outages"]
+    assert len(outages) == 1 and outages[0]["reason"] == "cable pulled; reconnecting" and outages[0]["recovered"]
+    assert outages[0]["duration_s"] > 0 and outages[0]["start_s"] >= 0
+
+
+def test_the_overlay_and_panel_say_when_frames_stopped():
+    lost = StatsSnapshot(capture_state="retrying", capture_fps=0.0, since_frame_s=3.3, outages=1, outage_s=3.3)
+    assert "capture retrying: no frame for 3.3 s" in overlay_lines(lost)
+    rows = dict(panel_rows(lost))
+    assert rows["last frame"] == "3.3 s ago" and rows["outages"] == "1 (3.3 s)" and rows["capture"] == "0.0 fps"
+    fine = StatsSnapshot(capture_state="running", capture_fps=30.0, since_frame_s=0.01)
+    assert not any("no frame" in line for line in overlay_lines(fine))
+    stalled = StatsSnapshot(capture_state="running", capture_stalled=True, since_frame_s=2.0)
+    assert "capture running: no frame for 2.0 s" in overlay_lines(stalled)
