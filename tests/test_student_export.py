@@ -12,8 +12,10 @@ import torch  # the training extra: `make test` installs it, and a missing torch
 from capture.frame import Frame, PixelFormat  # noqa: E402
 from engine.manifest import WeightsError, load_manifest  # noqa: E402
 from engine.processor import make_processor  # noqa: E402
-from trainers.export import export_onnx, register  # noqa: E402
-from trainers.models.student import StudentConfig, StudentSR, base_filter_of, build, macs_per_input_pixel  # noqa: E402
+from trainers.export import base_filter_of, export_onnx, register  # noqa: E402
+from trainers.models.macs import macs_per_input_pixel  # noqa: E402
+from trainers.models.registry import build  # noqa: E402
+from trainers.models.student import StudentConfig, StudentSR  # noqa: E402
 
 
 def test_mac_count_matches_the_formula():
@@ -287,7 +289,7 @@ def test_a_residual_model_without_the_base_input_is_refused_at_load(tmp_path):
 ])
 def test_the_base_prefilter_takes_opencvs_fastest_pass_with_the_same_result(kernel, opencv):
     from engine.student import bilinear_base, prefilter_for
-    from trainers.models.student import gaussian_kernel
+    from trainers.models.gaussian import gaussian_kernel
 
     kernel = gaussian_kernel(0.8) if isinstance(kernel, str) else kernel
     fast = prefilter_for(kernel)

@@ -1,4 +1,5 @@
-"""ONNX export in the engine's I/O convention, int8 static quantisation, and the manifest entry.
+"""ONNX export in the engine's I/O convention, int8 static quantisation, and the manifest entry;
+export_and_register does all three for a network train_student trained.
 
 Convention (engine/student.py): input "input" uint8 (1, H, W, 3) BGR NHWC, output "output" uint8
 (1, sH, sW, 3); the graph casts, normalises and transposes itself, so the engine hands camera
@@ -6,10 +7,11 @@ frames over without a copy in Python.
 """
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -19,8 +21,13 @@ from torch import nn
 
 from engine.manifest import WEIGHTS_DIR, TensorSpec, entry_for_file, upsert_entry
 from engine.student import bilinear_base, prefilter_for
+from trainers.models.macs import macs_per_input_pixel
 from trainers.models.student import StudentSR
 
+if TYPE_CHECKING:
+    from trainers.train_student import TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
 OPSET = 17
 RESIDUAL_OFFSET = 128  # the correction's zero in its uint8 encoding (engine/student.py subtracts it)
 
@@ -254,3 +261,55 @@ def register(name: str, path: Path, scale: int, description: str, macs: float | 
         base_filter=None if base_filter is None else np.asarray(base_filter, np.float64).round(8).tolist(),
     )
     upsert_entry(entry, weights_dir)
+
+
+def base_filter_of(net: nn.Module) -> np.ndarray | None:
+    """The kernel a StudentSR blurs its input with before the bilinear base, for the manifest (the
+    engine makes the base); None for other networks and plain-bilinear StudentSRs."""
+    if isinstance(net, StudentSR) and net.cfg.base_blur_sigma > 0:
+        return net.base_kernel.cpu().numpy()
+    return None
+
+
+def export_and_register(net: nn.Module, name: str, cfg: TrainConfig, log_path: Path, weights_dir: Path,
+                        command: str, val_pairs_for_int8: list | None = None,
+                        widths: dict | None = None) -> list[Path]:
+    """ONNX export (+ int8 for StudentSR), manifest entries with the training facts. Returns the files."""
+    reparam = isinstance(net, StudentSR) and net.cfg.reparam
+    net = net.fused() if isinstance(net, StudentSR) else net
+    macs = macs_per_input_pixel(net)
+    loss = "L1"
+    if cfg.distill_from is not None:
+        loss = (f"L1, {1 - cfg.distill_weight:g} x to the clean target + {cfg.distill_weight:g} x to the output of "
+                f"{cfg.distill_from.name}")
+    log = os.path.relpath(log_path, REPO) if log_path.is_relative_to(REPO) else str(log_path)
+    training = {"command": command, "targets": cfg.targets, "data": str(cfg.data),
+                "epochs": cfg.epochs, "steps": cfg.epochs * cfg.steps_per_epoch, "batch": cfg.batch,
+                "patch": cfg.patch, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "loss": loss, "log": log}
+    rows = list(csv.DictReader(open(log_path))) if log_path.exists() else []
+    best = max(rows, key=lambda r: float(r["val_psnr"])) if rows else None
+    quality = {"val_psnr": float(best["val_psnr"]), "val_epoch": int(best["epoch"]),
+               "val_set": "BSDS500/val centre crops, webcam protocol" if cfg.targets == "clean" else "prepared _VALIDATION pairs"} if best else {}
+    path = export_onnx(net, weights_dir / f"{name}.onnx")
+    desc = {"student_sr": "StudentSR: denoise + deblur + 2x upscale, pixel-unshuffled residual network",
+            "espcn": "ESPCN baseline (Shi et al. 2016), trained by our trainer on the same data",
+            "fsrcnn": "FSRCNN baseline (Dong et al. 2016), trained by our trainer on the same data"}[cfg.arch]
+    if isinstance(net, StudentSR):
+        desc += f" ({net.cfg.unshuffle}x unshuffle, {net.cfg.channels} channels x {net.cfg.blocks} blocks)"
+    if reparam:
+        desc += "; trained with re-parameterised body convolutions (RepConv3x3), fused for export"
+    if widths:
+        desc += " at reduced widths " + ", ".join(f"{k}={v}" for k, v in widths.items())
+    residual = "bilinear" if cfg.arch == "student_sr" else None
+    base_filter = base_filter_of(net)
+    register(name, path, 2, desc, macs, training, quality, weights_dir, residual, base_filter)
+    files = [path]
+    if cfg.arch == "student_sr" and val_pairs_for_int8:
+        calib = [np.ascontiguousarray(lr[None, : lr.shape[0] // 8 * 8, : lr.shape[1] // 8 * 8])
+                 for lr, _ in val_pairs_for_int8[:32]]
+        q = quantize_int8(path, weights_dir / f"{name}_int8.onnx", calib, base_filter=base_filter)
+        register(f"{name}_int8", q, 2, desc + "; int8 static QDQ (per-channel weights), calibrated on 32 "
+                 "validation frames", macs, dict(training, quantized_from=path.name), {}, weights_dir, residual,
+                 base_filter)
+        files.append(q)
+    return files

@@ -2,7 +2,7 @@
 
 Targets:
   --targets clean    clean photos (default: ../shared/data/BSDS500 train+test), degraded on the fly
-                     by the webcam protocol of DESIGN.md (trainers/degradations.py); the clean
+                     by the webcam protocol of DESIGN.md (capture/degradations.py); the clean
                      full-resolution crop is the target.
   --targets teacher  pairs made by `python -m trainers.prepare_dataset RAW TEACHER`: the raw frame
                      is the input and the teacher's output the target (distillation).
@@ -27,32 +27,25 @@ import argparse
 import csv
 import math
 import os
-import pickle
 import shlex
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from capture.degradations import (WebcamDegradation, degrade_webcam,
-                                   random_crop, sample_webcam_params)
-from trainers.models.student import StudentSR, base_filter_of, build, macs_per_input_pixel
+from trainers import ddp
+from trainers.distill import distillation_loss, load_distillation_teacher
+from trainers.models.registry import build
+from trainers.student_data import (DEFAULT_DATA, CleanBatches, PairBatches, TrainingDataError, clean_training_images,
+                                   clean_validation_set, load_pairs, teacher_validation_set, to_tensor)
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "data"
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 LOG_FIELDS = ["epoch", "train_l1", "val_l1", "train_psnr", "val_psnr", "lr", "seconds"]
-
-
-class TrainingDataError(Exception):
-    """The training or validation data is missing or unusable; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -76,124 +69,7 @@ class TrainConfig:
     distill_weight: float = 0.5
 
 
-# -- data ------------------------------------------------------------------------------------------
-
-def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTS) if Path(folder).is_dir() else []
-
-
-def load_images(paths: list[Path], what: str) -> list[np.ndarray]:
-    """BGR uint8 images; unreadable files are reported and skipped, none at all is an error."""
-    images = []
-    for p in paths:
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if img is None:
-            print(f"warning: skipping unreadable {what} image {p}", file=sys.stderr)
-            continue
-        images.append(img)
-    if not images:
-        raise TrainingDataError(f"no readable {what} images among {len(paths)} files")
-    return images
-
-
-def clean_training_images(data: Path) -> list[np.ndarray]:
-    paths = list_images(data / "BSDS500" / "train") + list_images(data / "BSDS500" / "test")
-    if not paths:
-        raise TrainingDataError(f"no images under {data}/BSDS500/train or /test; pass --data with the shared "
-                                f"data folder, or use --targets teacher with a prepared dataset")
-    return load_images(paths, "training")
-
-
-class CleanBatches:
-    """Random crops of clean photos, degraded on the fly: (lr (B, 3, p, p), hr (B, 3, sp, sp)) in [0, 1]."""
-
-    def __init__(self, images: list[np.ndarray], patch: int, scale: int, rng: np.random.Generator):
-        self.images, self.patch, self.scale, self.rng = images, patch, scale, rng
-        self.protocol = WebcamDegradation(scale=scale)
-
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        hp = self.patch * self.scale
-        lrs, hrs = [], []
-        for _ in range(n):
-            img = self.images[int(self.rng.integers(len(self.images)))]
-            hr = random_crop(img, hp, hp, self.rng)
-            if self.rng.random() < 0.5:
-                hr = hr[:, ::-1]
-            if self.rng.random() < 0.5:
-                hr = hr.transpose(1, 0, 2)
-            hr = np.ascontiguousarray(hr)
-            lrs.append(degrade_webcam(hr, sample_webcam_params(self.rng, self.protocol), self.rng))
-            hrs.append(hr)
-        return to_tensor(np.stack(lrs)), to_tensor(np.stack(hrs))
-
-
-class PairBatches:
-    """Random aligned crops of (raw, teacher) pairs: the teacher image is `scale` x the raw one."""
-
-    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], patch: int, scale: int, rng: np.random.Generator):
-        self.pairs, self.patch, self.scale, self.rng = pairs, patch, scale, rng
-
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        p, s = self.patch, self.scale
-        lrs, hrs = [], []
-        for _ in range(n):
-            lr, hr = self.pairs[int(self.rng.integers(len(self.pairs)))]
-            y = int(self.rng.integers(0, lr.shape[0] - p + 1))
-            x = int(self.rng.integers(0, lr.shape[1] - p + 1))
-            lrs.append(lr[y:y + p, x:x + p])
-            hrs.append(hr[y * s:(y + p) * s, x * s:(x + p) * s])
-        return to_tensor(np.stack(lrs)), to_tensor(np.stack(hrs))
-
-
-def load_pairs(raw_dir: Path, teacher_dir: Path, scale: int, min_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(raw, teacher) images paired by file stem; sizes checked (teacher = scale x raw)."""
-    raws = {p.stem: p for p in list_images(raw_dir)}
-    teachers = {p.stem: p for p in list_images(teacher_dir)}
-    common = sorted(set(raws) & set(teachers))
-    if not common:
-        raise TrainingDataError(f"no (raw, teacher) pairs with matching names in {raw_dir} and {teacher_dir}; "
-                                f"run `python -m trainers.prepare_dataset {raw_dir} {teacher_dir}` first")
-    pairs = []
-    for stem in common:
-        lr, hr = cv2.imread(str(raws[stem])), cv2.imread(str(teachers[stem]))
-        if lr is None or hr is None:
-            print(f"warning: skipping unreadable pair {stem}", file=sys.stderr)
-            continue
-        if hr.shape[:2] != (lr.shape[0] * scale, lr.shape[1] * scale) or min(lr.shape[:2]) < min_size:
-            print(f"warning: skipping pair {stem}: raw {lr.shape[:2]}, teacher {hr.shape[:2]} "
-                  f"(need teacher = {scale}x raw and raw >= {min_size} px)", file=sys.stderr)
-            continue
-        pairs.append((lr, hr))
-    if not pairs:
-        raise TrainingDataError(f"none of the {len(common)} pairs in {raw_dir} / {teacher_dir} is usable")
-    return pairs
-
-
-def clean_validation_set(data: Path, n: int, crop: int, scale: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
-    """BSDS500/val centre crops, each degraded by a fixed draw of the protocol (the same every epoch)."""
-    paths = list_images(data / "BSDS500" / "val")[:n]
-    if not paths:
-        raise TrainingDataError(f"no validation images under {data}/BSDS500/val")
-    out = []
-    for i, img in enumerate(load_images(paths, "validation")):
-        h, w = img.shape[:2]
-        c = min(crop, h, w) // 8 * 8
-        hr = np.ascontiguousarray(img[(h - c) // 2:(h - c) // 2 + c, (w - c) // 2:(w - c) // 2 + c])
-        rng = np.random.default_rng(10_000 + i)
-        out.append((degrade_webcam(hr, sample_webcam_params(rng, WebcamDegradation(scale=scale)), rng), hr))
-    return out
-
-
-def teacher_validation_set(raw_dir: Path, teacher_dir: Path, scale: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from trainers.prepare_dataset import validation_dir
-
-    return load_pairs(validation_dir(raw_dir), validation_dir(teacher_dir), scale, min_size=8)
-
-
-def to_tensor(batch_u8: np.ndarray) -> torch.Tensor:
-    """(B, H, W, 3) uint8 BGR -> (B, 3, H, W) float [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(batch_u8)).permute(0, 3, 1, 2).float().div_(255.0)
-
+# -- validation ------------------------------------------------------------------------------------
 
 def psnr_t(out: torch.Tensor, ref: torch.Tensor) -> float:
     """PSNR (dB) of [0, 1] tensors after 8-bit rounding, as the engine's output is scored."""
@@ -221,7 +97,7 @@ def evaluate(net: nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]], scale: 
     return float(np.mean(l1s)), float(np.mean(ps))
 
 
-# -- checkpoints -----------------------------------------------------------------------------------
+# -- checkpoint and log ----------------------------------------------------------------------------
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic: a crash or a full disk mid-save leaves the previous checkpoint intact."""
@@ -257,22 +133,6 @@ def truncate_log(path: Path, epochs_done: int) -> None:
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)
-
-
-def load_distillation_teacher(checkpoint: Path) -> nn.Module:
-    """The network a trainer checkpoint holds (its best-validation weights), frozen, in eval mode."""
-    try:
-        # weights_only: a file named on the command line is read as data, never run as pickled code
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        net = build(state["arch"], **state["model_kwargs"])
-        best = state.get("best") or {}
-        net.load_state_dict(best.get("state") or state["model"])
-    except (OSError, EOFError, pickle.UnpicklingError, KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise TrainingDataError(f"--distill-from {checkpoint}: not a train_student checkpoint ({exc}); pass the "
-                                f".ckpt a finished train_student run wrote") from exc
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net.eval()
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -317,11 +177,7 @@ def arch_kwargs(arch: str, args: argparse.Namespace) -> dict:
 def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path, resume: bool,
           printer=print) -> nn.Module:
     """Train and return the network (on rank 0 the best-validation weights). Writes log and checkpoint."""
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank = 0
-    if distributed:
-        dist.init_process_group("gloo")
-        rank = dist.get_rank()
+    rank = ddp.start()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -362,8 +218,8 @@ def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path
         if cfg.patch % m:
             raise TrainingDataError(f"--patch {cfg.patch} is not a multiple of {m}, the pixel-unshuffle factor of the "
                                     f"network or its distillation teacher; pass a multiple of {m}")
-    model = nn.parallel.DistributedDataParallel(net) if distributed else net
-    world_size = dist.get_world_size() if distributed else 1
+    model = ddp.wrap(net)
+    world_size = ddp.world_size()
     per_rank_batch = max(1, cfg.batch // world_size)
     net.train()
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
@@ -377,9 +233,7 @@ def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path
             out = model(lr_b)
             loss = clean_l1 = F.l1_loss(out, hr_b)
             if teacher is not None:
-                with torch.no_grad():
-                    soft = teacher(lr_b)
-                loss = (1 - cfg.distill_weight) * clean_l1 + cfg.distill_weight * F.l1_loss(out, soft)
+                loss = distillation_loss(out, lr_b, clean_l1, teacher, cfg.distill_weight)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}; the last good checkpoint "
                                          f"{checkpoint} is kept: resume with a lower --lr")
@@ -388,10 +242,7 @@ def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path
             opt.step()
             l1_sum += clean_l1.item()  # logged against the clean targets, distilled or not
             psnr_sum += psnr_t(out.detach(), hr_b)
-        if distributed:  # the logged training figures are the mean over every rank's batches
-            sums = torch.tensor([l1_sum, psnr_sum], dtype=torch.float64)
-            dist.all_reduce(sums)
-            l1_sum, psnr_sum = (sums / dist.get_world_size()).tolist()
+        l1_sum, psnr_sum = ddp.mean_over_ranks([l1_sum, psnr_sum])  # the logged figures: every rank's batches
         if rank == 0:
             val_l1, val_psnr = evaluate(net, val, scale)
             row = dict(epoch=epoch, train_l1=l1_sum / cfg.steps_per_epoch, val_l1=val_l1,
@@ -406,58 +257,10 @@ def train(cfg: TrainConfig, model_kwargs: dict, log_path: Path, checkpoint: Path
                                              epoch=epoch, best=best, torch_rng=torch.get_rng_state()))
             printer(f"epoch {epoch}/{cfg.epochs} train L1 {row['train_l1']:.4f} PSNR {row['train_psnr']:.2f} | "
                     f"val L1 {val_l1:.4f} PSNR {val_psnr:.2f} | lr {row['lr']:.2e} | {row['seconds']:.0f} s")
-    if distributed:
-        dist.barrier()
-        dist.destroy_process_group()
+    ddp.finish()
     if best.get("state") is not None:
         net.load_state_dict(best["state"])
     return net.eval()
-
-
-def export_and_register(net: nn.Module, name: str, cfg: TrainConfig, log_path: Path, weights_dir: Path,
-                        command: str, val_pairs_for_int8: list | None = None,
-                        widths: dict | None = None) -> list[Path]:
-    """ONNX export (+ int8 for StudentSR), manifest entries with the training facts. Returns the files."""
-    from trainers.export import export_onnx, quantize_int8, register
-
-    reparam = isinstance(net, StudentSR) and net.cfg.reparam
-    net = net.fused() if isinstance(net, StudentSR) else net
-    macs = macs_per_input_pixel(net)
-    loss = "L1"
-    if cfg.distill_from is not None:
-        loss = (f"L1, {1 - cfg.distill_weight:g} x to the clean target + {cfg.distill_weight:g} x to the output of "
-                f"{cfg.distill_from.name}")
-    log = os.path.relpath(log_path, REPO) if log_path.is_relative_to(REPO) else str(log_path)
-    training = {"command": command, "targets": cfg.targets, "data": str(cfg.data),
-                "epochs": cfg.epochs, "steps": cfg.epochs * cfg.steps_per_epoch, "batch": cfg.batch,
-                "patch": cfg.patch, "world_size": int(os.environ.get("WORLD_SIZE", "1")), "loss": loss, "log": log}
-    rows = list(csv.DictReader(open(log_path))) if log_path.exists() else []
-    best = max(rows, key=lambda r: float(r["val_psnr"])) if rows else None
-    quality = {"val_psnr": float(best["val_psnr"]), "val_epoch": int(best["epoch"]),
-               "val_set": "BSDS500/val centre crops, webcam protocol" if cfg.targets == "clean" else "prepared _VALIDATION pairs"} if best else {}
-    path = export_onnx(net, weights_dir / f"{name}.onnx")
-    desc = {"student_sr": "StudentSR: denoise + deblur + 2x upscale, pixel-unshuffled residual network",
-            "espcn": "ESPCN baseline (Shi et al. 2016), trained by our trainer on the same data",
-            "fsrcnn": "FSRCNN baseline (Dong et al. 2016), trained by our trainer on the same data"}[cfg.arch]
-    if isinstance(net, StudentSR):
-        desc += f" ({net.cfg.unshuffle}x unshuffle, {net.cfg.channels} channels x {net.cfg.blocks} blocks)"
-    if reparam:
-        desc += "; trained with re-parameterised body convolutions (RepConv3x3), fused for export"
-    if widths:
-        desc += " at reduced widths " + ", ".join(f"{k}={v}" for k, v in widths.items())
-    residual = "bilinear" if cfg.arch == "student_sr" else None
-    base_filter = base_filter_of(net)
-    register(name, path, 2, desc, macs, training, quality, weights_dir, residual, base_filter)
-    files = [path]
-    if cfg.arch == "student_sr" and val_pairs_for_int8:
-        calib = [np.ascontiguousarray(lr[None, : lr.shape[0] // 8 * 8, : lr.shape[1] // 8 * 8])
-                 for lr, _ in val_pairs_for_int8[:32]]
-        q = quantize_int8(path, weights_dir / f"{name}_int8.onnx", calib, base_filter=base_filter)
-        register(f"{name}_int8", q, 2, desc + "; int8 static QDQ (per-channel weights), calibrated on 32 "
-                 "validation frames", macs, dict(training, quantized_from=path.name), {}, weights_dir, residual,
-                 base_filter)
-        files.append(q)
-    return files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -527,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     val = (clean_validation_set(cfg.data, 32, cfg.val_crop) if cfg.targets == "clean"
            else teacher_validation_set(cfg.data, cfg.teacher_dir, 2))
     widths = model_kwargs if args.arch != "student_sr" else None
+    from trainers.export import export_and_register  # onnx is loaded only by the process that exports
+
     for f in export_and_register(net, name, cfg, log_path, args.weights_dir, command, val, widths):
         print(f"wrote {f}")
     return 0

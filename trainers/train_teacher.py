@@ -39,9 +39,9 @@ from trainers.models.nafssr import NAFSSR
 from trainers.teacher import ARCHS, to_image, to_tensor
 from trainers.teacher_tasks import TASK_NAMES, TaskSpec, cc15_pairs, check_task, degrade, kodak_task_set
 from trainers.tiling import run_tiled
-from trainers.train_student import (DEFAULT_DATA, REPO, TrainingDataError, append_log, clean_training_images,
-                                    learning_rate, list_images, load_images, psnr_t, save_checkpoint, truncate_log)
-from trainers.train_student import to_tensor as batch_to_tensor
+from trainers.student_data import DEFAULT_DATA, TrainingDataError, clean_training_images, list_images, load_images
+from trainers.student_data import to_tensor as batch_to_tensor
+from trainers.train_student import REPO, append_log, learning_rate, psnr_t, save_checkpoint, truncate_log
 
 BORDER = 4  # pixels ignored on every side when scoring, as the engine benchmark does
 

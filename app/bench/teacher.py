@@ -218,7 +218,7 @@ def distilled_vs_teacher(proc: Processor, raw_dir: Path) -> dict | None:
     when the dataset is not there."""
     from app.bench.engine import frame_of
     from trainers.prepare_dataset import validation_dir
-    from trainers.train_student import load_pairs
+    from trainers.student_data import load_pairs
 
     manifest_path = raw_dir.parent / "dataset.json"
     if not manifest_path.exists():

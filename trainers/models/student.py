@@ -1,4 +1,5 @@
-"""StudentSR and the two classic baselines it is measured against (ESPCN, FSRCNN).
+"""StudentSR, the live single-frame network: its block and the network. The classic baselines it is
+measured against are espcn.py and fsrcnn.py.
 
 StudentSR is built for the live budget. ONNX Runtime's fp32 GEMM peak on this 2-core CPU measures
 about 36 GMAC/s (engine/peak.py), so 60 fps at 640x480 leaves about 0.6 GMAC per frame, i.e. about
@@ -17,18 +18,17 @@ MACs per input pixel (C channels, B blocks, u = 4, s = 2, head kernel h, tail ke
     head h^2 * 3u^2 * C / u^2 + body B * 2 * 9 * C^2 / u^2 + tail k^2 * C * 3(us)^2 / u^2
 A 1x1 head (h = 1, each 4x4 block alone; the body's 3x3 convolutions bring the context) costs a
 ninth of a 3x3 one, and in the same 3,000 steps it scored higher on Kodak24 at every noise level.
-`macs_per_input_pixel` counts them with hooks; the manifest records the count.
+macs.py counts them with hooks; the manifest records the count.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from trainers.models.gaussian import gaussian_kernel
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,6 @@ class StudentConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def gaussian_kernel(sigma: float) -> np.ndarray:
-    """(2r+1, 2r+1) float32 Gaussian of `sigma` pixels, r = ceil(2 sigma), summing to 1: OpenCV's
-    own, so the engine recognises it and runs it as cv2.GaussianBlur."""
-    g = cv2.getGaussianKernel(2 * max(1, math.ceil(2 * sigma)) + 1, sigma, cv2.CV_64F).ravel()
-    return np.outer(g, g).astype(np.float32)
 
 
 class RepConv3x3(nn.Module):
@@ -155,82 +148,3 @@ class StudentSR(nn.Module):
                 state[f"body.{i}.{name}.weight"], state[f"body.{i}.{name}.bias"] = getattr(block, name).fused()
         plain.load_state_dict(state)
         return plain.train(self.training)
-
-
-def base_filter_of(net: nn.Module) -> np.ndarray | None:
-    """The kernel a StudentSR blurs its input with before the bilinear base, for the manifest (the
-    engine makes the base); None for other networks and plain-bilinear StudentSRs."""
-    if isinstance(net, StudentSR) and net.cfg.base_blur_sigma > 0:
-        return net.base_kernel.cpu().numpy()
-    return None
-
-
-class ESPCN(nn.Module):
-    """Shi et al. 2016: 5x5 conv c1 -> 3x3 conv c2 -> 3x3 conv 3s^2 -> pixel shuffle, at input
-    size; the paper's widths are c1 = 64, c2 = 32."""
-
-    def __init__(self, scale: int = 2, c1: int = 64, c2: int = 32):
-        super().__init__()
-        self.scale = scale
-        self.net = nn.Sequential(
-            nn.Conv2d(3, c1, 5, padding=2), nn.Tanh(),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.Tanh(),
-            nn.Conv2d(c2, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-class FSRCNN(nn.Module):
-    """Dong et al. 2016, FSRCNN(d=56, s=12, m=4): feature 5x5, shrink 1x1, m mapping 3x3, expand
-    1x1, then a 9x9 transposed convolution with stride `scale`."""
-
-    def __init__(self, scale: int = 2, d: int = 56, s: int = 12, m: int = 4):
-        super().__init__()
-        self.scale = scale
-        layers: list[nn.Module] = [nn.Conv2d(3, d, 5, padding=2), nn.PReLU(d), nn.Conv2d(d, s, 1), nn.PReLU(s)]
-        for _ in range(m):
-            layers += [nn.Conv2d(s, s, 3, padding=1), nn.PReLU(s)]
-        layers += [nn.Conv2d(s, d, 1), nn.PReLU(d)]
-        self.body = nn.Sequential(*layers)
-        self.deconv = nn.ConvTranspose2d(d, 3, 9, stride=scale, padding=4, output_padding=scale - 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.deconv(self.body(x))
-
-
-ARCHITECTURES = {"student_sr": StudentSR, "espcn": ESPCN, "fsrcnn": FSRCNN}
-
-
-def build(arch: str, **kwargs) -> nn.Module:
-    """A fresh network by architecture name; kwargs go to its config."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
-    if arch == "student_sr":
-        return StudentSR(StudentConfig(**kwargs))
-    return ARCHITECTURES[arch](**kwargs)
-
-
-def macs_per_input_pixel(model: nn.Module, height: int = 64, width: int = 64) -> float:
-    """Multiply-accumulates per input pixel of every Conv2d/ConvTranspose2d, counted with hooks
-    on a (1, 3, height, width) forward pass."""
-    total = 0
-
-    def conv_hook(mod, inp, out):
-        nonlocal total
-        taps = mod.kernel_size[0] * mod.kernel_size[1]
-        if isinstance(mod, nn.ConvTranspose2d):  # every input pixel scatters into taps * out channels
-            total += inp[0].numel() * mod.out_channels * taps // mod.groups
-        else:
-            total += out.numel() * taps * (mod.in_channels // mod.groups)
-
-    hooks = [m.register_forward_hook(conv_hook) for m in model.modules()
-             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, height, width))
-    finally:
-        for h in hooks:
-            h.remove()
-    return total / (height * width)
