@@ -196,9 +196,9 @@ class LivePipeline:
 
 @dataclass(frozen=True)
 class RunEnd:
-    """Why a live run ended. reason: "frames", "seconds", "source ended", "processor failed",
-    "terminated" (SIGTERM), "interrupted" (Ctrl-C), "closed" (the window) or "error". failed: the run
-    did not do what it was asked, and its command exits non-zero."""
+    """Why a live run ended. reason: "frames", "seconds", "source ended", "source failed",
+    "processor failed", "terminated" (SIGTERM), "interrupted" (Ctrl-C), "closed" (the window) or
+    "error". failed: the run did not do what it was asked, and its command exits non-zero."""
 
     reason: str
     message: str
@@ -295,7 +295,7 @@ def _headless_loop(pipe: LivePipeline, processor: Processor | None, recorder, ta
         if result is None and pipe.drained():
             result = pipe.next_result(timeout=0)  # the last one, published just before the check
             if result is None:
-                return RunEnd("source ended", source_ended_message(pipe.capture_status(), tally.shown, frames))
+                return source_end(pipe.capture_status(), tally.shown, frames)
         now_ns = clock.monotonic_ns()
         if result is not None:
             if result.ok:
@@ -315,10 +315,14 @@ def _headless_loop(pipe: LivePipeline, processor: Processor | None, recorder, ta
             printer(_status_line(pipe, window))
 
 
-def source_ended_message(cap: CaptureStatus | None, shown: int, frames: int | None) -> str:
+def source_end(cap: CaptureStatus | None, shown: int, frames: int | None) -> RunEnd:
+    """How a run ends whose source has no more frames: ended (a file played to its end), or failed
+    (the source cannot work: the capture gave up)."""
     what = cap.message if cap is not None and cap.message else "no more frames"
     asked = f" of the {frames} asked for" if frames is not None else ""
-    return f"the source ended ({what}) after {shown} frames shown{asked}"
+    if cap is not None and cap.state is CaptureState.ERROR:
+        return RunEnd("source failed", f"the source failed ({what}) after {shown} frames shown{asked}", True)
+    return RunEnd("source ended", f"the source ended ({what}) after {shown} frames shown{asked}")
 
 
 def _finish_headless(pipe: LivePipeline, recorder, tally: _Tally, end: RunEnd) -> dict:

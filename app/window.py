@@ -43,7 +43,7 @@ from PyQt6.QtWidgets import (
 from app.cli import Terminated
 from app.pipeline import (
     FailureWatch, LatencyWindow, LivePipeline, PipelineConfig, RunEnd, failing_message, record_summary, signal_end,
-    source_ended_message, write_stats,
+    source_end, write_stats,
 )
 from app.recorder import Recorder, RecorderConfig, RecorderError, RecorderState, RecorderStatus
 from app.stats_panel import RecordIndicator, StatsPanel, StatsSnapshot, overlay_lines
@@ -903,7 +903,9 @@ class MainWindow(QMainWindow):
         self._record_busy = False
         self._last_record = st
         self.record_indicator.setVisible(False)
-        if st.state is RecorderState.FINISHED:
+        if st.state is RecorderState.FINISHED and st.frames == 0:
+            self.statusBar().showMessage(st.message or "nothing was recorded", 8000)
+        elif st.state is RecorderState.FINISHED:
             self.statusBar().showMessage(f"saved {st.path}: {st.frames} frames, {st.elapsed_s:.1f} s, "
                                          f"{st.bytes / 1e6:.1f} MB, {st.dropped} dropped", 8000)
 
@@ -993,8 +995,7 @@ class MainWindow(QMainWindow):
         if eng is not None and self._watch.update(self._clock.monotonic(), eng.processed, eng.errors):
             self.end_run(RunEnd("processor failed", failing_message(eng, self._watch.limit_s), True))
         elif self.pipeline.drained() and self._current is self.pipeline.slot.peek():
-            message = source_ended_message(self.pipeline.capture_status(), self._shown, self.plan.frames)
-            self.end_run(RunEnd("source ended", message))
+            self.end_run(source_end(self.pipeline.capture_status(), self._shown, self.plan.frames))
 
     # -- figures for --stats and the benchmark ---------------------------------------------------
     def run_stats(self, eng=None) -> dict:

@@ -24,7 +24,7 @@ import app.live_cmd
 from app.cli import build_parser
 from app.pipeline import PipelineConfig, capture_text, run_headless
 from capture.clock import FakeClock
-from capture.errors import SourceUnavailable
+from capture.errors import SourceInvalid, SourceUnavailable
 from capture.simulated import SimulatedCamera, SimulatedConfig
 from capture.worker import CaptureState, CaptureStatus, Outage
 from engine.processor import BicubicProcessor, ProcessingError
@@ -140,6 +140,15 @@ def test_headless_ends_when_a_source_shorter_than_frames_ends(tmp_path, capsys):
     figures = json.loads(stats.read_text())
     assert figures["ended"] == "source ended" and not figures["failed"]
     assert 0 < figures["frames_shown"] <= 12
+
+
+def test_headless_ends_failed_when_the_source_cannot_work():
+    cam = ScriptedCamera([], open_script=[SourceInvalid("no camera at index 7")])
+    summary = within_deadline(lambda: run_headless(
+        PipelineConfig(source="7", processor="bicubic"), frames=10, printer=lambda line: None,
+        opener=lambda spec, options: cam))
+    assert summary["ended"] == "source failed" and summary["failed"]
+    assert "no camera at index 7" in summary["end_message"] and summary["capture_state"] == "error"
 
 
 def test_headless_stops_when_the_processor_fails_every_frame(tmp_path):
