@@ -260,20 +260,17 @@ def run_headless(config: PipelineConfig, frames: int | None = None, seconds: flo
         recorder.start()
     pipe = LivePipeline(config, opener=opener, clock=clock)
     tally = _Tally(clock.monotonic())
-    end = RunEnd("error", "the run stopped on an error", True)  # until the loop says otherwise
-    interrupt: BaseException | None = None
     try:
         end = _headless_loop(pipe, processor, recorder, tally, frames, seconds, report_every_s, printer,
                              fail_after_s)
-    except KeyboardInterrupt as exc:
-        end, interrupt = signal_end(exc), exc
-    finally:
-        summary = _finish_headless(pipe, recorder, tally, end)
-        if stats is not None:
-            write_stats(stats, summary)
-    if interrupt is not None:
-        raise interrupt
-    return summary
+    except BaseException as exc:  # finish the files, then let it go on unwinding
+        if isinstance(exc, KeyboardInterrupt):
+            end = signal_end(exc)
+        else:
+            end = RunEnd("error", f"the run stopped: {type(exc).__name__}: {exc}", True)
+        _finish_headless(pipe, recorder, tally, end, stats)
+        raise
+    return _finish_headless(pipe, recorder, tally, end, stats)
 
 
 def _headless_loop(pipe: LivePipeline, processor: Processor | None, recorder, tally: _Tally, frames: int | None,
@@ -325,8 +322,9 @@ def source_end(cap: CaptureStatus | None, shown: int, frames: int | None) -> Run
     return RunEnd("source ended", f"the source ended ({what}) after {shown} frames shown{asked}")
 
 
-def _finish_headless(pipe: LivePipeline, recorder, tally: _Tally, end: RunEnd) -> dict:
-    """Stop everything, finalise the recording, and gather the figures (whatever ended the run)."""
+def _finish_headless(pipe: LivePipeline, recorder, tally: _Tally, end: RunEnd, stats: Path | None) -> dict:
+    """Stop everything, finalise the recording, gather the figures and write them to `stats`
+    (whatever ended the run)."""
     eng = pipe.engine_stats()  # before stop(): stopping closes the processor
     if pipe.engine is not None:
         pipe.set_record_queue(None)
@@ -339,7 +337,7 @@ def _finish_headless(pipe: LivePipeline, recorder, tally: _Tally, end: RunEnd) -
     ring = pipe.ring.stats()
     lat = np.array(tally.latency_ms) if tally.latency_ms else np.array([float("nan")])
     elapsed = pipe.clock.monotonic() - tally.t0
-    return {
+    summary = {
         "source": pipe.source_spec, "processor": eng.processor if eng else None,
         "frames_shown": tally.shown, "errors": tally.errors,
         "seconds": elapsed, "display_fps": tally.shown / elapsed if elapsed > 0 else 0.0,
@@ -350,6 +348,9 @@ def _finish_headless(pipe: LivePipeline, recorder, tally: _Tally, end: RunEnd) -
         "record": record_summary(rec),
         "ended": end.reason, "end_message": end.message, "failed": end.failed,
     }
+    if stats is not None:
+        write_stats(stats, summary)
+    return summary
 
 
 def capture_text(cap: CaptureStatus) -> str:
