@@ -362,7 +362,9 @@ class PlayableFile:
         try:
             while done < len(data):
                 n = self.raw.write(data[done:])
-                if n is None or n <= 0:  # a raw file that took nothing: the disk gave out without saying
+                if n is None:  # a file-like that does not count: it took it all
+                    n = len(data) - done
+                if n <= 0:  # a file that took nothing: the disk gave out without saying so
                     raise OSError(errno.ENOSPC, "No space left on device (the write took no bytes)")
                 self._follow(at + done, data[done:done + n])
                 done += n
@@ -376,8 +378,9 @@ class PlayableFile:
             if not self.failed:
                 self.playable.feed(chunk)
             self._appended += len(chunk)
-        else:
-            self._appended = max(self._appended, at + len(chunk))
+        elif at + len(chunk) > self._appended:  # past the end from elsewhere: no longer followed
+            self.playable.lost = True
+            self._appended = at + len(chunk)
 
     def cut_to_playable(self) -> int | None:
         """Truncate the file after its last complete fragment; the new length, or None when the
