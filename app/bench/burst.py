@@ -285,8 +285,9 @@ def refine_quality(images, gains, frames: int, seed: int, teacher_steps: int = 5
     from engine.metrics import burst_score as score
 
     try:
-        regressor = BurstRefiner(RefineConfig("regressor"))
-        teacher = BurstRefiner(RefineConfig("teacher", teacher_steps))
+        # the part-1 models as they are (the guard belongs to the live student, measured on and off below)
+        regressor = BurstRefiner(RefineConfig("regressor", guard=False))
+        teacher = BurstRefiner(RefineConfig("teacher", teacher_steps, guard=False))
         students = {k: BurstRefiner(RefineConfig("consistency", k, guard=False)) for k in CONSISTENCY_STEPS}
         encoder, decoder = load_model("burst_raw_encoder").session, load_model("burst_raw_decoder").session
     except WeightsError as exc:
