@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _make_processor(name: str, weights_dir: Path, threads: int | None) -> Processor:
-    from engine.processor import make_processor
+    from engine.registry import make_processor
     from engine.runtime import SessionConfig
 
     cfg = SessionConfig(intra_op_threads=threads) if threads else SessionConfig()

@@ -53,7 +53,7 @@ def freeze_startup_objects() -> None:
 
 def check_model_args(args: argparse.Namespace) -> str | None:
     """Why --model/--steps cannot run as given (a message naming what exists), or None."""
-    from engine.processor import STEP_PROCESSORS, processor_names
+    from engine.registry import STEP_PROCESSORS, processor_names
 
     names = processor_names(args.weights_dir)
     if args.model not in names:

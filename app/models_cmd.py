@@ -24,7 +24,7 @@ def model_rows(weights_dir=None) -> list[tuple[str, str, str, str, str, str]]:
     """(name, kind, scale, size, GMAC per 640x480 input, description) for the built-ins and every
     manifest model whose file is present."""
     from engine.manifest import WEIGHTS_DIR
-    from engine.processor import BUILTIN
+    from engine.registry import BUILTIN
     from engine.runtime import available_models
 
     rows = [(name, "built-in", "1" if name == "passthrough" else "2", "-", "-", BUILTIN_NOTES.get(name, ""))

@@ -24,7 +24,8 @@ from capture.ring_buffer import RingBuffer
 from capture.source import Source
 from capture.sources import SourceOptions, open_source
 from capture.worker import CaptureState, CaptureStatus, CaptureWorker, Outage
-from engine.processor import Processor, Result, make_processor
+from engine.processor import Processor, Result
+from engine.registry import make_processor
 from engine.worker import EngineStats, EngineWorker, ResultSlot
 
 

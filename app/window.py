@@ -52,7 +52,8 @@ from capture.atomic import atomic_write_bytes
 from capture.clock import SYSTEM_CLOCK, Clock
 from capture.sources import open_source
 from capture.worker import CaptureState
-from engine.processor import BUILTIN, Processor, Result, StepsNotSupported, make_processor, processor_names
+from engine.processor import Processor, Result, StepsNotSupported
+from engine.registry import BUILTIN, make_processor, processor_names
 from engine.worker import ResultSlot, WorkerState
 
 RUNS_DIR = Path("runs")

@@ -10,18 +10,13 @@ import abc
 import contextlib
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
 
 from capture.convert import to_bgr8
 from capture.frame import Frame
-
-if TYPE_CHECKING:
-    from engine.runtime import SessionConfig
-
 
 class ProcessingError(Exception):
     """A processor could not enhance a frame. The message says which and why."""
@@ -190,53 +185,3 @@ class BicubicProcessor(Processor):
             h, w = bgr.shape[:2]
             out = cv2.resize(bgr, (w * self.scale, h * self.scale), interpolation=cv2.INTER_CUBIC)
         return bgr, out
-
-
-def _burst_fusion(frames: int = 8) -> Processor:
-    """BurstFusion over the newest `frames` frames (the burst length the user chose)."""
-    from engine.burst.fusion import BurstFusion  # imported here: engine.burst imports this module
-
-    return BurstFusion(frames)
-
-
-# Processors that need no weights, by the name `--model` and the GUI use.
-BUILTIN: dict[str, Callable[[], Processor]] = {
-    "bicubic": BicubicProcessor,
-    "passthrough": Passthrough,
-    "burst_fusion": _burst_fusion,
-}
-
-
-# Processors whose `steps` can be set (the window's step control and `--steps` act on these only).
-STEP_PROCESSORS: frozenset[str] = frozenset({"burst_fusion"})
-
-
-def processor_names(weights_dir: Path | str | None = None) -> list[str]:
-    """Names make_processor accepts: the built-ins, then every "sr" model whose file is present."""
-    from engine.manifest import WEIGHTS_DIR
-    from engine.runtime import available_models
-
-    models = available_models("sr", weights_dir if weights_dir is not None else WEIGHTS_DIR)
-    return list(BUILTIN) + [e.name for e in models]
-
-
-def make_processor(name: str, weights_dir: Path | str | None = None, cfg: SessionConfig | None = None) -> Processor:
-    """A built-in processor, or a StudentSRProcessor for an "sr" manifest model.
-
-    Raises WeightsError when the model is unknown or its file does not load.
-    """
-    if name in BUILTIN:
-        return BUILTIN[name]()
-    from engine.manifest import WEIGHTS_DIR, WeightsError, load_manifest
-    from engine.student import StudentSRProcessor  # imported here: student imports this module
-
-    weights_dir = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
-    entry = load_manifest(weights_dir).get(name)
-    if entry is not None and entry.kind != "sr":
-        raise WeightsError(f"model {name!r} is a {entry.kind!r} model, not a single-frame \"sr\" one; "
-                           f"it cannot be used as a frame processor")
-    if entry is None:
-        choices = ", ".join(processor_names(weights_dir))
-        raise WeightsError(f"no processor or model named {name!r} (choose from: {choices}; "
-                           f"models are listed in {weights_dir / 'manifest.json'})")
-    return StudentSRProcessor.from_name(name, weights_dir, cfg)

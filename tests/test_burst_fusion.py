@@ -13,7 +13,8 @@ from capture.frame import CFA_PATTERNS, Frame, PixelFormat, RawMeta
 from engine.burst.finish import FinishConfig, finish
 from engine.burst.fusion import BurstConfig, BurstFusion, fuse_burst, merged_frame
 from engine.burst.raw import BurstError, normalise
-from engine.processor import FrameFormatError, make_processor, processor_names
+from engine.processor import FrameFormatError
+from engine.registry import make_processor, processor_names
 from tests.burst_data import burst
 from capture.burst_synthesis import burst_frames
 from engine.metrics import burst_score as score

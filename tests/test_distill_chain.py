@@ -11,7 +11,7 @@ import torch  # the training extra: `make test` installs it, and a missing torch
 
 from app.cli import main as eyefuse  # noqa: E402
 from engine.manifest import load_manifest  # noqa: E402
-from engine.processor import make_processor  # noqa: E402
+from engine.registry import make_processor  # noqa: E402
 from trainers import plot_metrics, prepare_dataset, teacher, train_student  # noqa: E402
 from trainers.models.nafnet import NAFNet  # noqa: E402
 from trainers.models.nafssr import NAFSSR  # noqa: E402

@@ -45,3 +45,9 @@ def test_the_contract_can_fail(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from trainers.models import raw_vae\n    import torch\n")
     assert [m for _, m in imported_modules(bad)] == ["trainers.models", "torch"]
+
+
+def test_the_processor_interface_does_not_import_its_implementations():
+    # processor.py <- student.py, burst/fusion.py <- registry.py: no circle
+    modules = [m for _, m in imported_modules(REPO / "engine" / "processor.py")]
+    assert not [m for m in modules if m.startswith(("engine.student", "engine.burst", "engine.registry"))], modules

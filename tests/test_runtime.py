@@ -15,7 +15,8 @@ from capture.convert import bgr_to_yuyv, to_bgr8
 from capture.frame import Frame, PixelFormat, RawMeta
 from engine.manifest import WeightsError, load_manifest
 from engine.processor import (BicubicProcessor, FrameFormatError, ModelError, Passthrough, ProcessingError,
-                              StepsNotSupported, make_processor, processor_names)
+                              StepsNotSupported)
+from engine.registry import make_processor, processor_names
 from engine.runtime import SessionConfig, available_models, cpu_cores, create_session, load_model
 from engine.student import StudentSRProcessor, pad_to_multiple
 from tests import onnx_models

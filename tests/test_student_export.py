@@ -11,7 +11,7 @@ import torch  # the training extra: `make test` installs it, and a missing torch
 
 from capture.frame import Frame, PixelFormat  # noqa: E402
 from engine.manifest import WeightsError, load_manifest  # noqa: E402
-from engine.processor import make_processor  # noqa: E402
+from engine.registry import make_processor  # noqa: E402
 from trainers.export import base_filter_of, export_onnx, register  # noqa: E402
 from trainers.models.macs import macs_per_input_pixel  # noqa: E402
 from trainers.models.registry import build  # noqa: E402

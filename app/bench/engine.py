@@ -25,7 +25,8 @@ from capture.frame import Frame, PixelFormat
 from engine.manifest import load_manifest
 from engine.metrics import psnr, ssim
 from engine.peak import measure_gemm_peak_gmacs
-from engine.processor import BicubicProcessor, Processor, StageTimer, make_processor
+from engine.processor import BicubicProcessor, Processor, StageTimer
+from engine.registry import make_processor
 from capture.degradations import WEBCAM_NOISE_LEVELS, WebcamParams, degrade_webcam, sample_webcam_params
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"

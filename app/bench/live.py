@@ -58,7 +58,7 @@ def results_name(model: str, steps: int | None, asked: str | None) -> str:
 
 def model_to_run(wanted: str) -> tuple[str, str | None]:
     """(the processor to run, a note when it is not the one asked for)."""
-    from engine.processor import BUILTIN, processor_names
+    from engine.registry import BUILTIN, processor_names
 
     if wanted in BUILTIN:
         return wanted, None

@@ -33,7 +33,9 @@ from capture.convert import to_bgr8
 from capture.frame import Frame
 from engine.manifest import WEIGHTS_DIR, load_manifest
 from engine.metrics import psnr
-from engine.processor import BicubicProcessor, Processor, StageTimer, make_processor
+from engine.processor import BicubicProcessor, Processor, StageTimer
+
+from engine.registry import make_processor
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 BORDER = 4
