@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from app.bench.live import steady_state
-from app.window import TIMELINE_COLUMNS
+from app.live_figures import TIMELINE_COLUMNS
 
 
 def stats_with(rows, columns=TIMELINE_COLUMNS):

@@ -25,13 +25,14 @@ from PyQt6.QtCore import QPoint, Qt  # noqa: E402
 from PyQt6.QtGui import QImage  # noqa: E402
 from PyQt6.QtWidgets import QApplication  # noqa: E402
 
+from app.model_loading import make_window_processor  # noqa: E402
 from app.pipeline import PipelineConfig  # noqa: E402
 from app.recorder import RecorderState, RecordQueue  # noqa: E402
 from app.stats_panel import StatsSnapshot, overlay_lines, panel_rows  # noqa: E402
 from app.viewer import (  # noqa: E402
     BeforeAfterViewer, Rect, ViewMode, bgr_qimage, clamp_center, fit_scale, image_rect, widget_to_image, zoom_about,
 )
-from app.window import MainWindow, RunPlan, WindowOptions, make_window_processor, run_window  # noqa: E402
+from app.window import MainWindow, RunPlan, WindowOptions, run_window  # noqa: E402
 from capture.clock import SYSTEM_CLOCK, FakeClock  # noqa: E402
 from capture.convert import to_bgr8  # noqa: E402
 from capture.simulated import SimulatedCamera, SimulatedConfig  # noqa: E402
@@ -288,7 +289,7 @@ def test_frames_flow_with_figures_overlay_and_help(open_window, qtbot):
     s = w.snapshot_stats()
     assert s.input_size == (160, 120) and s.output_size == (320, 240)
     # capture to display, in ms: more than nothing, and no more than the window has been running
-    assert 0 < s.latency_median_ms <= (time.monotonic_ns() - w._t0_ns) / 1e6
+    assert 0 < s.latency_median_ms <= (time.monotonic_ns() - w.display_log.t0_ns) / 1e6
     assert s.processor == "bicubic"
     assert set(s.stage_ms) == {"convert", "resize"}
     assert w.stats_panel.value("model") == "bicubic"
