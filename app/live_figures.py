@@ -22,11 +22,14 @@ from engine.worker import EngineStats, WorkerState
 
 # A displayed frame's row in the stats timeline: when it was shown, and where its latency went.
 TIMELINE_COLUMNS = ("shown_s", "latency_ms", "wait_ms", "engine_ms", "to_screen_ms")
+# A processor's notice stays up this long after the last frame that carried it: a fallback taken for
+# one burst would otherwise be gone before anyone could read it.
+NOTICE_HOLD_S = 3.0
 
 
 class DisplayLog:
-    """Every displayed frame: its capture-to-display latency and the parts of it. Times count from
-    `restart()` (the window's start)."""
+    """Every displayed frame: its capture-to-display latency and the parts of it, and the notice of
+    the last frame that had one. Times count from `restart()` (the window's start)."""
 
     def __init__(self) -> None:
         self.latency = LatencyWindow(1.0)
@@ -36,6 +39,7 @@ class DisplayLog:
         self.timeline: collections.deque[tuple[float, ...]] = collections.deque(maxlen=216_000)
         self.shown = 0
         self.restart()
+        self._notice: tuple[str, int] | None = None  # (text, display time ns of the last frame with it)
 
     def restart(self) -> None:
         self.t0, self.t0_ns = time.monotonic(), time.monotonic_ns()
@@ -48,6 +52,8 @@ class DisplayLog:
         self.timeline.append((t_s, lat, (r.t_start_ns - r.t_capture_ns) / 1e6,
                               (r.t_done_ns - r.t_start_ns) / 1e6, (t_ns - r.t_done_ns) / 1e6))
         self.shown += 1
+        if r.notice:
+            self._notice = (r.notice, t_ns)
         return t_s, lat
 
     def seconds(self) -> float:
@@ -61,6 +67,17 @@ class DisplayLog:
         if self.shown and self.timeline and time.monotonic_ns() - self.t0_ns - self.timeline[-1][0] * 1e9 > 1e9:
             disp = 0.0
         return med, p99, disp
+
+    def notice(self) -> str | None:
+        """The last notice a displayed frame carried, for NOTICE_HOLD_S after that frame."""
+        if self._notice is None or time.monotonic_ns() - self._notice[1] > NOTICE_HOLD_S * 1e9:
+            return None
+        return self._notice[0]
+
+    @property
+    def last_notice(self) -> str | None:
+        """The last notice a displayed frame carried, however long ago."""
+        return self._notice[0] if self._notice is not None else None
 
 
 def live_snapshot(pipe: LivePipeline, log: DisplayLog, current: Result | None, pump_replaced: int) -> StatsSnapshot:
@@ -85,6 +102,10 @@ def live_snapshot(pipe: LivePipeline, log: DisplayLog, current: Result | None, p
         input_size=(r.input_bgr.shape[1], r.input_bgr.shape[0]) if r is not None and r.input_bgr is not None else None,
         output_size=(r.output.shape[1], r.output.shape[0]) if r is not None and r.output is not None else None,
         paused=eng is not None and eng.state is WorkerState.PAUSED,
+        frame_stages_ms=dict(r.stages) if r is not None and r.ok else {},
+        frame_steps=r.steps if r is not None and r.ok else None,
+        psnr_vs_truth=r.psnr_vs_truth if r is not None and r.ok else None,
+        notice=log.notice(),
     )
 
 
@@ -107,7 +128,7 @@ def run_figures(pipe: LivePipeline, log: DisplayLog, eng: EngineStats | None, *,
     return {
         "source": pipe.source_spec, "wanted_processor": wanted,
         "processor": eng.processor if eng else None, "steps": eng.steps if eng else None,
-        "load_error": load_error, "frames_shown": log.shown, "seconds": wall,
+        "load_error": load_error, "notice": log.last_notice, "frames_shown": log.shown, "seconds": wall,
         "display_fps": (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0,
         "display_fps_per_second": per_second,
         "latency_ms_median": float(np.median(lat)), "latency_ms_p99": float(np.percentile(lat, 99)),

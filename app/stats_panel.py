@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import collections
 import math
+import textwrap
 from dataclasses import dataclass, field
 
 from PyQt6.QtCore import QPointF, QRectF, Qt
 from PyQt6.QtGui import QColor, QPainter, QPainterPath, QPen
 from PyQt6.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QSizePolicy, QVBoxLayout, QWidget
+
+OVERLAY_WIDTH = 64  # characters a line of the overlay wraps at (the overlay covers the picture)
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,8 @@ class StatsSnapshot:
     ring_lost: frames the capture ring overwrote before the engine saw them.
     engine_skipped: frames the engine passed over because it was busy (newest-frame policy).
     display_missed: results the display never drew (a newer one arrived first).
+    stage_ms: the engine's median time per stage over its recent frames; frame_stages_ms: the times
+    of the frame on the screen.
     """
 
     source: str = ""
@@ -49,14 +54,27 @@ class StatsSnapshot:
     input_size: tuple[int, int] | None = None
     output_size: tuple[int, int] | None = None
     paused: bool = False
+    frame_stages_ms: dict[str, float] = field(default_factory=dict)  # the shown frame's, in the order they ran
+    frame_steps: int | None = None  # the step count that made the shown frame
+    psnr_vs_truth: float | None = None  # of the shown frame, where the source knows the truth
+    notice: str | None = None  # what the processor says about its frames (a part that is off, a fallback)
 
 
 def _fmt_ms(v: float) -> str:
     return "–" if v is None or math.isnan(v) else f"{v:.1f} ms"
 
 
+def _fmt_db(v: float) -> str:
+    return "–" if math.isnan(v) else "∞ dB" if math.isinf(v) else f"{v:.2f} dB"
+
+
 def _fmt_size(s: tuple[int, int] | None) -> str:
     return "–" if s is None else f"{s[0]}×{s[1]}"
+
+
+def steps_text(steps: int) -> str:
+    """0 is the processor's refinement off (the steps control's "off")."""
+    return "steps off" if steps == 0 else f"{steps} step{'s' if steps != 1 else ''}"
 
 
 def model_text(s: StatsSnapshot) -> str:
@@ -64,8 +82,37 @@ def model_text(s: StatsSnapshot) -> str:
     if s.frames_needed > 1:
         text += f", burst {s.frames_needed}"
     if s.steps is not None:
-        text += f", {s.steps} step{'s' if s.steps != 1 else ''}"
+        text += f", {steps_text(s.steps)}"
     return text
+
+
+def wrap_items(items: list[str], width: int, indent: str = "  ") -> list[str]:
+    """Items joined by two spaces into lines of about `width` characters, broken between items only
+    (the ones after the first line indented)."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + 2 + len(item) <= width:
+            lines[-1] += "  " + item
+        else:
+            lines.append((indent if lines else "") + item)
+    return lines
+
+
+def frame_lines(s: StatsSnapshot, width: int = OVERLAY_WIDTH) -> list[str]:
+    """The shown frame's step count and stage times (ms), e.g. "frame, 2 steps: raw 1.2  align 3.4 ..."."""
+    if not s.frame_stages_ms:
+        return []
+    head = "frame" + (f", {steps_text(s.frame_steps)}" if s.frame_steps is not None else "") + ":"
+    items = [f"{name} {ms:.1f}" for name, ms in s.frame_stages_ms.items()]
+    items[0] = f"{head} {items[0]}"
+    items[-1] += " ms"
+    return wrap_items(items, width)
+
+
+def notice_lines(notice: str | None, width: int = OVERLAY_WIDTH) -> list[str]:
+    if not notice:
+        return []
+    return textwrap.wrap(f"note: {notice}", width, subsequent_indent="  ", max_lines=4, placeholder=" …")
 
 
 def capture_problem(s: StatsSnapshot) -> str | None:
@@ -77,18 +124,24 @@ def capture_problem(s: StatsSnapshot) -> str | None:
 
 
 def overlay_lines(s: StatsSnapshot) -> list[str]:
-    """The few lines drawn over the picture: rates, end-to-end latency, the model, and what is wrong
-    with the capture while its frames are not coming."""
+    """The few lines drawn over the picture: rates, end-to-end latency, the model, the shown frame's
+    steps and stage times and its PSNR against the truth (where known), what is wrong with the capture
+    while its frames are not coming, and the processor's notice (information, not an error: the
+    banner is for errors)."""
     lines = [
         f"capture {s.capture_fps:5.1f}  engine {s.engine_fps:5.1f}  display {s.display_fps:5.1f} fps",
         f"capture→display  median {_fmt_ms(s.latency_median_ms)}  p99 {_fmt_ms(s.latency_p99_ms)}",
         f"{model_text(s)}  {_fmt_size(s.input_size)} → {_fmt_size(s.output_size)}",
     ]
+    lines += frame_lines(s)
+    if s.psnr_vs_truth is not None:
+        lines.append(f"PSNR vs truth {_fmt_db(s.psnr_vs_truth)}")
     problem = capture_problem(s)
     if problem:
         lines.append(problem)
     if s.paused:
         lines.append("PAUSED")
+    lines += notice_lines(s.notice)
     return lines
 
 
@@ -106,6 +159,8 @@ def panel_rows(s: StatsSnapshot) -> list[tuple[str, str]]:
         ("model", model_text(s)),
         ("input → output", f"{_fmt_size(s.input_size)} → {_fmt_size(s.output_size)}"),
     ]
+    if s.psnr_vs_truth is not None:
+        rows.append(("PSNR vs truth", _fmt_db(s.psnr_vs_truth)))
     total = sum(s.stage_ms.values())
     for name, ms in s.stage_ms.items():
         rows.append((f"  {name}", _fmt_ms(ms)))

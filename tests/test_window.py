@@ -86,6 +86,31 @@ class FakeBurst(FakeSteps):
         self.frames_needed = frames_needed
 
 
+class FakeReporting(FakeSteps):
+    """A burst-like processor with 2 steps whose results carry a notice and a PSNR against the truth,
+    as BurstFusion's do when its refinement is off and the simulated Bayer camera knows the truth."""
+
+    name = "fake_reporting"
+    NOTICE = "the learned refinement is off: fake weights are missing (this is a test)"
+    PSNR = 31.25
+
+    def __init__(self):
+        super().__init__()
+        self._steps = 2
+
+    def enhance(self, frames, timer: StageTimer):
+        bgr = to_bgr8(frames[-1])
+        for stage in ("raw", "align", "noise", "merge", f"refine ({self._steps} steps, guard)"):
+            with timer.stage(stage):
+                pass
+        with timer.stage("finish"):
+            out = cv2.resize(bgr, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+        return bgr, out
+
+    def take_report(self):
+        return self.NOTICE, self.PSNR
+
+
 @dataclass
 class ProcessorSwitches:
     """The test's processors and the switches that steer them, made afresh for every test.
@@ -131,6 +156,8 @@ class ProcessorSwitches:
             return _Held(self)
         if name == "fake_burst":
             return FakeBurst(settings.burst_length)
+        if name == "fake_reporting":
+            return FakeReporting()
         return make_window_processor(name, settings)
 
 
@@ -180,8 +207,8 @@ def open_window(qtbot, tmp_path, processors):
                              stats_interval_ms=100, **options)
         w = MainWindow(PipelineConfig(source=source, processor=processor), opts, plan, opener=opener,
                        processor_factory=processors.make,
-                       choices=choices or ["bicubic", "fake_steps", "fake_burst", "slow_load", "flaky", "held",
-                                           "passthrough"], clock=clock)
+                       choices=choices or ["bicubic", "fake_steps", "fake_burst", "fake_reporting", "slow_load",
+                                           "flaky", "held", "passthrough"], clock=clock)
         qtbot.addWidget(w)
         windows.append(w)
         w.show()
@@ -333,6 +360,45 @@ def test_switch_processor_and_steps_while_running(open_window, qtbot, processors
     qtbot.waitUntil(lambda: w.snapshot_stats().processor == "slow_load", timeout=WAIT_MS)
     qtbot.waitUntil(lambda: not w.steps_box.isEnabled(), timeout=WAIT_MS)
     assert "slow_load has no step count" in w.steps_box.toolTip()
+
+
+def test_the_overlay_shows_the_steps_stage_times_psnr_and_notice_of_the_shown_frame(open_window, qtbot):
+    w = open_window(processor="fake_reporting")
+    qtbot.waitUntil(lambda: any(line.startswith("PSNR vs truth") for line in w.viewer._overlay), timeout=WAIT_MS)
+    overlay = "\n".join(w.viewer._overlay)
+    assert "PSNR vs truth 31.25 dB" in overlay
+    assert "frame, 2 steps: raw " in overlay, overlay
+    for stage in ("align", "noise", "merge", "refine (2 steps, guard)", "finish"):
+        assert f"{stage} " in overlay, f"{stage} missing from the overlay:\n{overlay}"
+    notice = " ".join(line.strip() for line in w.viewer._overlay if line.startswith(("note: ", "  ")))
+    assert "note: the learned refinement is off: fake weights are missing (this is a test)" in notice
+    assert "fake_reporting, 2 steps" in overlay
+    assert w.stats_panel.value("PSNR vs truth") == "31.25 dB"
+    assert not w.banner.isVisible(), "a notice is information, not an error"
+    w.close()
+    assert w.final_stats["notice"] == FakeReporting.NOTICE
+
+
+def test_the_overlay_wraps_long_stage_lists_and_notices():
+    s = StatsSnapshot(processor="burst_fusion", frames_needed=8, steps=4, frame_steps=4, psnr_vs_truth=33.456,
+                      frame_stages_ms={"raw": 1.04, "align": 3.4, "noise": 0.5, "merge": 6.0,
+                                       "refine (4 steps, guard)": 20.12, "finish": 2.0},
+                      notice="the consistency refinement gave 12 NaN/Inf values: the merge is shown for this "
+                             "burst instead")
+    lines = overlay_lines(s)
+    assert "burst_fusion, burst 8, 4 steps" in lines[2]
+    psnr = lines.index("PSNR vs truth 33.46 dB")
+    frame = lines[3:psnr]
+    assert len(frame) == 2 and frame[0] == "frame, 4 steps: raw 1.0  align 3.4  noise 0.5  merge 6.0"
+    assert frame[1] == "  refine (4 steps, guard) 20.1  finish 2.0 ms", "a stage name is never broken"
+    notice = lines[psnr + 1:]
+    assert notice[0].startswith("note: the consistency refinement gave 12 NaN/Inf") and len(notice) == 2
+    assert all(len(line) <= 64 for line in lines[3:]), lines
+    off = overlay_lines(StatsSnapshot(processor="burst_fusion", steps=0, frame_steps=0, frame_stages_ms={"merge": 6.0}))
+    assert "burst_fusion, steps off" in off[2] and off[3] == "frame, steps off: merge 6.0 ms"
+    assert not any("note" in line or "PSNR" in line or "frame" in line for line in overlay_lines(StatsSnapshot()))
+    assert dict(panel_rows(s))["PSNR vs truth"] == "33.46 dB"
+    assert "PSNR vs truth" not in dict(panel_rows(StatsSnapshot()))
 
 
 def test_burst_length_reloads_a_burst_processor(open_window, qtbot):
