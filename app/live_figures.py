@@ -1,12 +1,13 @@
 """What the live window measures: `DisplayLog` (every displayed frame, when and how late), the
 figures of one refresh (`live_snapshot`, for the stats panel and the overlay) and of the whole run
-(`run_figures`, for --stats and the live benchmark).
+(`run_figures`, for --stats and the live benchmark), and a source's own counters.
 
 Read on the GUI thread; the counters they read from the pipeline's workers are thread-safe.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import os
 import time
@@ -80,6 +81,29 @@ class DisplayLog:
         return self._notice[0] if self._notice is not None else None
 
 
+def source_counters(source) -> tuple[tuple[str, int], ...] | None:
+    """The counters of a source that keeps them (a `stats()` giving a dataclass or a dict of counts:
+    the PS3 Eye's rejected payloads, stalls, ...), as (name, count) in their order; None for a source
+    that has none. A source's stats() must be cheap and safe to call from another thread."""
+    stats = getattr(source, "stats", None)
+    if not callable(stats):
+        return None
+    try:
+        found = stats()
+    except Exception:  # figures are no reason to disturb the capture
+        return None
+    if dataclasses.is_dataclass(found) and not isinstance(found, type):
+        found = {f.name: getattr(found, f.name) for f in dataclasses.fields(found)}
+    if not isinstance(found, dict):
+        return None
+    return tuple((str(k), v) for k, v in found.items() if isinstance(v, int) and not isinstance(v, bool))
+
+
+def _capture_counters(pipe: LivePipeline) -> tuple[tuple[str, int], ...] | None:
+    cap = pipe.capture
+    return source_counters(cap.source) if cap is not None else None
+
+
 def live_snapshot(pipe: LivePipeline, log: DisplayLog, current: Result | None, pump_replaced: int) -> StatsSnapshot:
     """The figures of one refresh. current: the result on the screen."""
     cap = pipe.capture_status()
@@ -105,7 +129,7 @@ def live_snapshot(pipe: LivePipeline, log: DisplayLog, current: Result | None, p
         frame_stages_ms=dict(r.stages) if r is not None and r.ok else {},
         frame_steps=r.steps if r is not None and r.ok else None,
         psnr_vs_truth=r.psnr_vs_truth if r is not None and r.ok else None,
-        notice=log.notice(),
+        notice=log.notice(), source_counters=_capture_counters(pipe),
     )
 
 
@@ -123,6 +147,7 @@ def run_figures(pipe: LivePipeline, log: DisplayLog, eng: EngineStats | None, *,
     cpu = os.times()
     cap = pipe.capture_status()
     eng = eng or pipe.engine_stats()
+    counters = _capture_counters(pipe)
     from app.bench.report import peak_rss_mib
 
     return {
@@ -133,6 +158,7 @@ def run_figures(pipe: LivePipeline, log: DisplayLog, eng: EngineStats | None, *,
         "display_fps_per_second": per_second,
         "latency_ms_median": float(np.median(lat)), "latency_ms_p99": float(np.percentile(lat, 99)),
         "capture_frames": cap.frames if cap else 0, "capture_fps": cap.fps if cap else 0.0,
+        "source_counters": dict(counters) if counters is not None else None,
         "engine_fps": eng.fps if eng else 0.0, "engine_processed": eng.processed if eng else 0,
         "engine_stage_median_ms": eng.stage_median_ms if eng else {},
         "engine_skipped": eng.skipped if eng else 0, "engine_errors": eng.errors if eng else 0,

@@ -30,6 +30,8 @@ class StatsSnapshot:
     display_missed: results the display never drew (a newer one arrived first).
     stage_ms: the engine's median time per stage over its recent frames; frame_stages_ms: the times
     of the frame on the screen.
+    source_counters: (name, count) of what the source itself counts (the PS3 Eye: frames, payloads
+    it rejected and why, stalls, reads that gave up); None for a source that counts nothing.
     """
 
     source: str = ""
@@ -58,6 +60,7 @@ class StatsSnapshot:
     frame_steps: int | None = None  # the step count that made the shown frame
     psnr_vs_truth: float | None = None  # of the shown frame, where the source knows the truth
     notice: str | None = None  # what the processor says about its frames (a part that is off, a fallback)
+    source_counters: tuple[tuple[str, int], ...] | None = None  # the source's own, if it keeps any
 
 
 def _fmt_ms(v: float) -> str:
@@ -145,6 +148,11 @@ def overlay_lines(s: StatsSnapshot) -> list[str]:
     return lines
 
 
+def counters_text(counters: tuple[tuple[str, int], ...]) -> str:
+    """The counters that are not zero, one a line ("rejected bad header 3"); "none" if all are."""
+    return "\n".join(f"{name.replace('_', ' ')} {count}" for name, count in counters if count) or "none"
+
+
 def panel_rows(s: StatsSnapshot) -> list[tuple[str, str]]:
     """(label, value) rows of the stats panel."""
     rows = [
@@ -152,6 +160,7 @@ def panel_rows(s: StatsSnapshot) -> list[tuple[str, str]]:
         ("capture", f"{s.capture_fps:.1f} fps"),
         ("last frame", "–" if s.since_frame_s is None else f"{s.since_frame_s:.1f} s ago"),
         ("outages", f"{s.outages} ({s.outage_s:.1f} s)" if s.outages else "none"),
+        *([("source counters", counters_text(s.source_counters))] if s.source_counters is not None else []),
         ("engine", f"{s.engine_fps:.1f} fps"),
         ("display", f"{s.display_fps:.1f} fps"),
         ("latency median", _fmt_ms(s.latency_median_ms)),

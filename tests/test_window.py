@@ -544,6 +544,51 @@ def test_unplugged_ps3eye_shows_a_banner_and_recovers(open_window, qtbot):
     assert w.pipeline.capture_status().reconnects == 1
 
 
+def test_the_ps3eye_counters_are_in_the_stats_panel(open_window, qtbot, tmp_path):
+    from capture.ps3eye import PS3EyeCamera, PS3EyeConfig
+    from tests.ps3eye_emulator import PS3EyeEmulator
+
+    emu = PS3EyeEmulator(fast=False)
+
+    def opener(spec, options: SourceOptions):
+        if spec == "ps3eye":
+            return PS3EyeCamera(PS3EyeConfig(width=320, height=240, fps=30, backend=emu))
+        return open_source(spec, options)
+
+    w = open_window(source="ps3eye", opener=opener, plan=RunPlan(stats=tmp_path / "s.json"))
+    wait_frames(qtbot, w, 3)
+    qtbot.waitUntil(lambda: w.stats_panel.value("source counters").startswith("frames "), timeout=WAIT_MS)
+    assert "rejected" not in w.stats_panel.value("source counters"), "only the counters that are not zero"
+    bad = emu.frames_started + 2  # frames not begun yet, so the whole of each fault lands
+    emu.corrupt_header(bad, index=40)  # a payload in the middle of the frame (QVGA: 76 of them)
+    emu.flag_error(bad + 2, index=40)
+    qtbot.waitUntil(lambda: "rejected error 1" in w.stats_panel.value("source counters"), timeout=WAIT_MS)
+    counters = w.stats_panel.value("source counters").splitlines()
+    assert "rejected bad header 1" in counters and "dropped corrupt 2" in counters, counters
+    wait_frames(qtbot, w, 3)  # the stream went on
+    w.close()
+    import json
+
+    figures = json.loads((tmp_path / "s.json").read_text())["source_counters"]
+    assert figures["rejected_bad_header"] == 1 and figures["rejected_error"] == 1 and figures["dropped_corrupt"] == 2
+
+
+def test_source_counters_come_from_a_source_stats_if_it_has_one():
+    from app.live_figures import source_counters
+    from capture.ps3eye.camera import PS3EyeStats
+
+    assert source_counters(SimulatedCamera(SimulatedConfig())) is None, "the simulated camera counts nothing"
+    counted = source_counters(SimpleNamespace(stats=lambda: PS3EyeStats(frames=9, stalls=2)))
+    assert counted[0] == ("frames", 9) and ("stalls", 2) in counted and ("rejected_stray", 0) in counted
+    assert source_counters(SimpleNamespace(stats=lambda: {"reads": 3, "ok": True, "name": "x"})) == (("reads", 3),)
+    broken = SimpleNamespace(stats=lambda: 1 / 0)
+    assert source_counters(broken) is None, "a source whose stats fail shows none, and the window goes on"
+    rows = dict(panel_rows(StatsSnapshot(source_counters=counted)))
+    assert rows["source counters"] == "frames 9\nstalls 2"
+    assert rows["outages"] == "none" and "source counters" not in dict(panel_rows(StatsSnapshot()))
+    assert dict(panel_rows(StatsSnapshot(source_counters=(("stalls", 0),))))["source counters"] == "none"
+
+
 def test_weights_that_fail_to_load_fall_back_and_recover(open_window, qtbot, tmp_path):
     weights = make_weights_dir(tmp_path / "w", names=("nearest",))
     good = (weights / "nearest.onnx").read_bytes()
