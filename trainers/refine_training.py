@@ -218,3 +218,43 @@ class Clock:
 
     def seconds(self) -> float:
         return self.before + time.monotonic() - self.t0
+
+
+class Run:
+    """A resumable training run's persistent state: the modules (by checkpoint key), the optimiser,
+    the batch sampler, the torch RNG, the step, the evaluation count and the wall time so far.
+
+    `resume()` picks up `checkpoint` (unless `fresh`, which drops the old log), loading everything
+    strictly, and returns the extra values the run saved (`save(**extra)`) so a trainer can restore
+    its own constants; raises CheckpointError naming the file."""
+
+    def __init__(self, kind: str, checkpoint: Path, log: CsvLog, modules: dict[str, nn.Module],
+                 opt: torch.optim.Optimizer, sampler: Sampler, args):
+        self.kind, self.checkpoint, self.log = kind, checkpoint, log
+        self.modules, self.opt, self.sampler, self.args = modules, opt, sampler, args
+        self.step, self.epoch = 0, 0
+        self.clock = Clock()
+
+    def resume(self, fresh: bool) -> dict:
+        if fresh or not self.checkpoint.exists():
+            if fresh and self.log.path.exists():
+                self.log.path.unlink()
+            return {}
+        state = load_checkpoint(self.checkpoint, self.kind)
+        for key, module in self.modules.items():
+            load_weights(module, state[key], self.checkpoint)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sampler.restore(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.clock = Clock(state["seconds"])
+        self.log.truncate_after(self.epoch)
+        print(f"resumed {self.checkpoint} at step {self.step}", flush=True)
+        return state.get("extra", {})
+
+    def save(self, **extra) -> None:
+        save_checkpoint(self.checkpoint, {
+            "kind": self.kind, **{k: m.state_dict() for k, m in self.modules.items()},
+            "optimizer": self.opt.state_dict(), "sampler": self.sampler.state(), "torch_rng": torch.get_rng_state(),
+            "step": self.step, "epoch": self.epoch, "seconds": self.clock.seconds(), "extra": extra,
+            "args": {k: str(v) for k, v in vars(self.args).items()}})

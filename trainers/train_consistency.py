@@ -35,10 +35,10 @@ from trainers.burst_refine_data import DEFAULT_OUT
 from trainers.models.latent_unet import LatentUNet
 from trainers.refine_training import (
     CheckpointError,
-    Clock,
     CsvLog,
     Ema,
     RefineData,
+    Run,
     Sampler,
     cosine_lr,
     load_checkpoint,
@@ -159,42 +159,23 @@ def main(argv: list[str] | None = None) -> int:
     ema = Ema(student, 0.999)  # the weights exported
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=1e-4)
     sampler = Sampler(len(train), args.batch, args.seed)
-    step, epoch, before = 0, 0, 0.0
     log = CsvLog(args.log_path, extra=("val_merge_psnr",) + tuple(f"val_psnr_{k}" for k in STEP_COUNTS))
-    if args.checkpoint.exists() and not args.fresh:
-        try:
-            state = load_checkpoint(args.checkpoint, kind)
-            load_weights(student, state["model"], args.checkpoint)
-            load_weights(target.model, state["target"], args.checkpoint)
-            load_weights(ema.model, state["ema"], args.checkpoint)
-        except CheckpointError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        opt.load_state_dict(state["optimizer"])
-        sampler.restore(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        step, epoch, before = state["step"], state["epoch"], state["seconds"]
-        log.truncate_after(epoch)
-        print(f"resumed {args.checkpoint} at step {step}", flush=True)
-    elif args.fresh and args.log_path.exists():
-        args.log_path.unlink()
-    clock = Clock(before)
-    limit = before + 60 * args.time_limit
+    run = Run(kind, args.checkpoint, log, {"model": student, "target": target.model, "ema": ema.model}, opt,
+              sampler, args)
+    try:
+        run.resume(args.fresh)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    limit = run.clock.before + 60 * args.time_limit
     budget = 60 * args.budget if args.budget else math.inf
     grid = torch.linspace(0.0, 1.0, GRID + 1)
-
-    def checkpoint() -> None:
-        save_checkpoint(args.checkpoint, {
-            "kind": kind, "model": student.state_dict(), "target": target.model.state_dict(),
-            "ema": ema.model.state_dict(), "optimizer": opt.state_dict(), "sampler": sampler.state(),
-            "torch_rng": torch.get_rng_state(), "step": step, "epoch": epoch, "seconds": clock.seconds(),
-            "args": {k: str(v) for k, v in vars(args).items()}})
 
     running, count, done = 0.0, 0, False
     student.train()
     while not done:
         for g_ in opt.param_groups:
-            g_["lr"] = cosine_lr(step, args.steps, args.lr, warmup=100)
+            g_["lr"] = cosine_lr(run.step, args.steps, args.lr, warmup=100)
         idx = sampler.next()
         clean, merged, cond, g = train.batch(idx)
         z0, zm = ztrain[0][idx], ztrain[1][idx]
@@ -208,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         loss = pseudo_huber(got, want) + args.distill_weight * (
             F.l1_loss(got, z0) + restoration_loss(vae.decoder(got / scale, merged), clean))
         if not torch.isfinite(loss):
-            print(f"step {step}: loss is {loss.item()}; stopping with the last checkpoint kept", file=sys.stderr)
+            print(f"step {run.step}: loss is {loss.item()}; stopping with the last checkpoint kept", file=sys.stderr)
             return 3
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -216,27 +197,27 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         target.update(student)
         ema.update(student)
-        running, count, step = running + loss.item(), count + 1, step + 1
-        done = step >= args.steps or clock.seconds() >= budget
-        if step % args.eval_every == 0 or done:
-            epoch += 1
+        running, count, run.step = running + loss.item(), count + 1, run.step + 1
+        done = run.step >= args.steps or run.clock.seconds() >= budget
+        if run.step % args.eval_every == 0 or done:
+            run.epoch += 1
             metrics = evaluate(ema.model, vae.decoder, scale, val, zval)
-            log.append({"epoch": epoch, "step": step, "train_l1": running / count, "train_psnr": float("nan"),
-                        "lr": opt.param_groups[0]["lr"], "seconds": round(clock.seconds(), 1), **metrics})
-            print(f"step {step}: train {running / count:.4f}, val " + ", ".join(
+            log.append({"epoch": run.epoch, "step": run.step, "train_l1": running / count, "train_psnr": float("nan"),
+                        "lr": opt.param_groups[0]["lr"], "seconds": round(run.clock.seconds(), 1), **metrics})
+            print(f"step {run.step}: train {running / count:.4f}, val " + ", ".join(
                 f"{k} step {metrics[f'val_psnr_{k}']:.2f}" for k in STEP_COUNTS)
-                + f" dB (merge {metrics['val_merge_psnr']:.2f}), {clock.seconds() / 60:.1f} min", flush=True)
+                + f" dB (merge {metrics['val_merge_psnr']:.2f}), {run.clock.seconds() / 60:.1f} min", flush=True)
             running, count = 0.0, 0
             student.train()
-            checkpoint()
-            if not done and clock.seconds() > limit:
-                print(f"time limit reached at step {step}: checkpoint saved, run again to go on", flush=True)
+            run.save()
+            if not done and run.clock.seconds() > limit:
+                print(f"time limit reached at step {run.step}: checkpoint saved, run again to go on", flush=True)
                 return 0
     args.weights.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.weights, {"kind": f"{kind}_weights", "model": ema.model.state_dict(), "scale": scale,
-                                   "kappa": kappa, "step": step, "seconds": clock.seconds(),
+                                   "kappa": kappa, "step": run.step, "seconds": run.clock.seconds(),
                                    "num_steps": args.num_steps})
-    print(f"wrote {args.weights} after {step} steps, {clock.seconds() / 60:.1f} min", flush=True)
+    print(f"wrote {args.weights} after {run.step} steps, {run.clock.seconds() / 60:.1f} min", flush=True)
     return 0
 
 

@@ -45,10 +45,10 @@ from trainers.models.latent_unet import LatentUNet
 from trainers.models.raw_vae import RawVAE
 from trainers.refine_training import (
     CheckpointError,
-    Clock,
     CsvLog,
     Ema,
     RefineData,
+    Run,
     Sampler,
     cosine_lr,
     load_checkpoint,
@@ -176,44 +176,24 @@ def main(argv: list[str] | None = None) -> int:
     ema = Ema(unet, 0.999)
     ema_decoder = Ema(decoder, 0.999)
     sampler = Sampler(len(train), args.batch, args.seed)
-    step, epoch, before = 0, 0, 0.0
     log = CsvLog(args.log_path, extra=("val_merge_psnr", "val_latent_mse"))
-    if args.checkpoint.exists() and not args.fresh:
-        try:
-            state = load_checkpoint(args.checkpoint, kind)
-            load_weights(unet, state["model"], args.checkpoint)
-            load_weights(ema.model, state["ema"], args.checkpoint)
-            load_weights(decoder, state["decoder"], args.checkpoint)
-            load_weights(ema_decoder.model, state["ema_decoder"], args.checkpoint)
-        except CheckpointError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        opt.load_state_dict(state["optimizer"])
-        sampler.restore(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        step, epoch, before, kappa = state["step"], state["epoch"], state["seconds"], state["kappa"]
-        log.truncate_after(epoch)
-        print(f"resumed {args.checkpoint} at step {step}", flush=True)
-    elif args.fresh and args.log_path.exists():
-        args.log_path.unlink()
+    run = Run(kind, args.checkpoint, log, {"model": unet, "ema": ema.model, "decoder": decoder,
+                                           "ema_decoder": ema_decoder.model}, opt, sampler, args)
+    try:
+        kappa = run.resume(args.fresh).get("kappa", kappa)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"kappa {kappa:.4f} ({KAPPA_RESIDUALS} x the merge latent's RMS residual)", flush=True)
-    clock = Clock(before)
-    limit = before + 60 * args.time_limit
+    limit = run.clock.before + 60 * args.time_limit
     budget = 60 * args.budget if args.budget else math.inf
-
-    def checkpoint() -> None:
-        save_checkpoint(args.checkpoint, {
-            "kind": kind, "model": unet.state_dict(), "ema": ema.model.state_dict(), "decoder": decoder.state_dict(),
-            "ema_decoder": ema_decoder.model.state_dict(), "optimizer": opt.state_dict(), "sampler": sampler.state(),
-            "torch_rng": torch.get_rng_state(), "step": step, "epoch": epoch, "seconds": clock.seconds(),
-            "kappa": kappa, "args": {k: str(v) for k, v in vars(args).items()}})
 
     running, count = 0.0, 0
     unet.train()
     done = False
     while not done:
         for g_ in opt.param_groups:
-            g_["lr"] = cosine_lr(step, args.steps, args.lr)
+            g_["lr"] = cosine_lr(run.step, args.steps, args.lr)
         idx = sampler.next()
         clean, merged, cond, g = train.batch(idx)
         z0, zm = ztrain[0][idx], ztrain[1][idx]
@@ -226,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             latent_loss = F.mse_loss(pred, z0)
         loss = latent_loss + args.pixel_weight * restoration_loss(decoder(pred / scale, merged), clean)
         if not torch.isfinite(loss):
-            print(f"step {step}: loss is {float(loss)}; stopping with the last checkpoint kept", file=sys.stderr)
+            print(f"step {run.step}: loss is {float(loss)}; stopping with the last checkpoint kept", file=sys.stderr)
             return 3
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -234,27 +214,27 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         ema.update(unet)
         ema_decoder.update(decoder)
-        running, count, step = running + loss.item(), count + 1, step + 1
-        done = step >= args.steps or clock.seconds() >= budget
-        if step % args.eval_every == 0 or done:
-            epoch += 1
+        running, count, run.step = running + loss.item(), count + 1, run.step + 1
+        done = run.step >= args.steps or run.clock.seconds() >= budget
+        if run.step % args.eval_every == 0 or done:
+            run.epoch += 1
             metrics = evaluate(ema.model, ema_decoder.model, scale, val, zval, args.objective, args.eval_sample_steps,
                                kappa)
-            log.append({"epoch": epoch, "step": step, "train_l1": running / count, "train_psnr": float("nan"),
-                        "lr": opt.param_groups[0]["lr"], "seconds": round(clock.seconds(), 1), **metrics})
-            print(f"step {step}: train {running / count:.4f}, val {metrics['val_psnr']:.2f} dB (merge "
-                  f"{metrics['val_merge_psnr']:.2f} dB), {clock.seconds() / 60:.1f} min", flush=True)
+            log.append({"epoch": run.epoch, "step": run.step, "train_l1": running / count, "train_psnr": float("nan"),
+                        "lr": opt.param_groups[0]["lr"], "seconds": round(run.clock.seconds(), 1), **metrics})
+            print(f"step {run.step}: train {running / count:.4f}, val {metrics['val_psnr']:.2f} dB (merge "
+                  f"{metrics['val_merge_psnr']:.2f} dB), {run.clock.seconds() / 60:.1f} min", flush=True)
             running, count = 0.0, 0
             unet.train()
-            checkpoint()
-            if not done and clock.seconds() > limit:
-                print(f"time limit reached at step {step}: checkpoint saved, run again to go on", flush=True)
+            run.save(kappa=kappa)
+            if not done and run.clock.seconds() > limit:
+                print(f"time limit reached at step {run.step}: checkpoint saved, run again to go on", flush=True)
                 return 0
     args.weights.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.weights, {"kind": f"{kind}_weights", "model": ema.model.state_dict(),
                                    "decoder": ema_decoder.model.state_dict(), "scale": scale, "kappa": kappa,
-                                   "step": step, "seconds": clock.seconds(), "objective": args.objective})
-    print(f"wrote {args.weights} after {step} steps, {clock.seconds() / 60:.1f} min", flush=True)
+                                   "step": run.step, "seconds": run.clock.seconds(), "objective": args.objective})
+    print(f"wrote {args.weights} after {run.step} steps, {run.clock.seconds() / 60:.1f} min", flush=True)
     return 0
 
 

@@ -23,14 +23,12 @@ from trainers.burst_refine_data import DEFAULT_OUT
 from trainers.models.raw_vae import RawVAE
 from trainers.refine_training import (
     CheckpointError,
-    Clock,
     CsvLog,
     Ema,
     RefineData,
+    Run,
     Sampler,
     cosine_lr,
-    load_checkpoint,
-    load_weights,
     psnr_gamma,
     restoration_loss,
     save_checkpoint,
@@ -94,67 +92,49 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     ema = Ema(model, 0.999)
     sampler = Sampler(len(train), args.batch, args.seed)
-    step, epoch, before = 0, 0, 0.0
     log = CsvLog(args.log_path, extra=("val_merge_psnr",))
-    if args.checkpoint.exists() and not args.fresh:
-        try:
-            state = load_checkpoint(args.checkpoint, KIND)
-            load_weights(model, state["model"], args.checkpoint)
-            load_weights(ema.model, state["ema"], args.checkpoint)
-        except CheckpointError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        opt.load_state_dict(state["optimizer"])
-        sampler.restore(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        step, epoch, before = state["step"], state["epoch"], state["seconds"]
-        log.truncate_after(epoch)
-        print(f"resumed {args.checkpoint} at step {step}", flush=True)
-    elif args.fresh and args.log_path.exists():
-        args.log_path.unlink()
-    clock = Clock(before)
-    limit = before + 60 * args.time_limit
-
-    def checkpoint() -> None:
-        save_checkpoint(args.checkpoint, {"kind": KIND, "model": model.state_dict(), "ema": ema.model.state_dict(),
-                                          "optimizer": opt.state_dict(), "sampler": sampler.state(),
-                                          "torch_rng": torch.get_rng_state(), "step": step, "epoch": epoch,
-                                          "seconds": clock.seconds(), "args": {k: str(v) for k, v in vars(args).items()}})
+    run = Run(KIND, args.checkpoint, log, {"model": model, "ema": ema.model}, opt, sampler, args)
+    try:
+        run.resume(args.fresh)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    limit = run.clock.before + 60 * args.time_limit
 
     running, count = 0.0, 0
     model.train()
-    while step < args.steps:
+    while run.step < args.steps:
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, args.steps, args.lr)
+            g["lr"] = cosine_lr(run.step, args.steps, args.lr)
         clean, merged, _, _ = train.batch(sampler.next())
         out, mean, logvar = model(clean, merged)
         loss = restoration_loss(out, clean) + KL_WEIGHT * kl(mean, logvar)
         if not torch.isfinite(loss):
-            print(f"step {step}: loss is {float(loss)}; stopping with the last checkpoint kept", file=sys.stderr)
+            print(f"step {run.step}: loss is {float(loss)}; stopping with the last checkpoint kept", file=sys.stderr)
             return 3
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         ema.update(model)
-        running, count, step = running + loss.item(), count + 1, step + 1
-        if step % args.eval_every == 0 or step == args.steps:
-            epoch += 1
+        running, count, run.step = running + loss.item(), count + 1, run.step + 1
+        if run.step % args.eval_every == 0 or run.step == args.steps:
+            run.epoch += 1
             metrics = evaluate(ema.model, val)
             train_psnr = psnr_gamma(out.detach(), clean)
-            log.append({"epoch": epoch, "step": step, "train_l1": running / count, "train_psnr": train_psnr,
-                        "lr": opt.param_groups[0]["lr"], "seconds": round(clock.seconds(), 1), **metrics})
-            print(f"step {step}/{args.steps}: train {running / count:.4f}, val ceiling {metrics['val_psnr']:.2f} dB "
-                  f"(merge {metrics['val_merge_psnr']:.2f} dB), {clock.seconds() / 60:.1f} min", flush=True)
+            log.append({"epoch": run.epoch, "step": run.step, "train_l1": running / count, "train_psnr": train_psnr,
+                        "lr": opt.param_groups[0]["lr"], "seconds": round(run.clock.seconds(), 1), **metrics})
+            print(f"step {run.step}/{args.steps}: train {running / count:.4f}, val ceiling {metrics['val_psnr']:.2f} "
+                  f"dB (merge {metrics['val_merge_psnr']:.2f} dB), {run.clock.seconds() / 60:.1f} min", flush=True)
             running, count = 0.0, 0
             model.train()
-            checkpoint()
-            if clock.seconds() > limit and step < args.steps:
-                print(f"time limit reached at step {step}: checkpoint saved, run again to go on", flush=True)
+            run.save()
+            if run.clock.seconds() > limit and run.step < args.steps:
+                print(f"time limit reached at step {run.step}: checkpoint saved, run again to go on", flush=True)
                 return 0
     final = ema.model
     final.scale.fill_(latent_scale(final, train))
     args.weights.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(args.weights, {"kind": "raw_vae_weights", "model": final.state_dict(), "step": step,
+    save_checkpoint(args.weights, {"kind": "raw_vae_weights", "model": final.state_dict(), "step": run.step,
                                    "metrics": evaluate(final, val)})
     print(f"wrote {args.weights} (latent scale {float(final.scale):.3f})", flush=True)
     return 0
