@@ -8,17 +8,18 @@ Both look at the high-pass H(u) = u - GaussianBlur(u, sigma 1) of the linear pac
 patches: that is where a generative model invents texture.
 
 The guard, per patch and plane, on the change the model made above a coarse scale (GUARD_SIGMA),
-D = H(refined - merged): removing
-noise lowers the high-pass energy (the merge's is the scene's plus its remaining noise), so a
-refinement whose high-pass has no more energy than the merge's, plus SLACK x the merge's noise
-variance (what that noise could hide), is kept whole. Beyond that it added structure the aligned
-frames did not show, and D is scaled down (by the largest factor in [0, 1] that keeps the energy
-within that bound) towards the merge. Tiles the aligner could not match (confidence below 0.5)
+D = H(refined - merged). The merge's high-pass energy E is the scene's plus its remaining noise, so
+a refinement that only removed that noise has lost at most the noise's energy and gained none.
+Kept whole is a refinement whose high-pass energy stays within [E - REMOVE x noise, E + SLACK x
+noise] (noise: the merge's remaining noise variance). Above it, the model added structure the
+aligned frames did not show (hallucination); below it, it took scene detail away with the noise
+(over-smoothing, as a denoiser does where little noise is left). Either way D is scaled down towards
+the merge, by the largest factor in [0, 1] that keeps the energy within the bounds. Tiles the aligner could not match (confidence below 0.5)
 fall back to the merge's detail, linearly from confidence 0.5 to 0.25. The low-pass of the
 refinement (brightness and colour, coarser than any texture) is kept as it is.
 
-The rate, per patch (all planes; each patch high-passed on its own): hallucinated when the high-pass error to the truth exceeds the
-merge's by the margin (MARGIN x, plus FLOOR) AND the output's high-pass energy exceeds the truth's
+The rate, per patch (all planes; each patch high-passed on its own): hallucinated when the
+high-pass error to the truth exceeds the merge's by the margin (MARGIN x, plus FLOOR) AND the output's high-pass energy exceeds the truth's
 (detail that is not there); over-smoothed when the error exceeds it and the energy falls short. The
 merge scores 0 against itself by construction.
 """
@@ -30,6 +31,8 @@ import numpy as np
 PATCH = 8
 GUARD_SIGMA = 3.0  # the guard leaves alone only what is coarser than this (brightness, colour)
 SLACK = 0.1  # of the merge's remaining noise variance: detail energy the merge's noise could hide
+REMOVE = 2.0  # of the merge's remaining noise variance: the most energy removing that noise takes away
+REMOVE = 2.0  # of the merge's remaining noise variance: the most energy removing its noise can take away
 MARGIN = 1.25
 FLOOR = 1e-6  # squared error per pixel (linear [0, 1]): below it no patch counts, whatever the ratio
 
@@ -54,15 +57,17 @@ def guard(refined: np.ndarray, merged: np.ndarray, noise_var: np.ndarray, confid
     change = np.asarray(refined, np.float32) - merged
     detail = high_pass(change, GUARD_SIGMA)  # D
     hm = high_pass(merged, GUARD_SIGMA)
-    e_m = patch_means(hm * hm)
     cross = patch_means(hm * detail)
     e_d = patch_means(detail * detail)
-    slack = patch_means(np.broadcast_to(noise_var, merged.shape).astype(np.float32)) * SLACK
-    # the largest s in [0, 1] with E(H(merged) + s D) <= E(H(merged)) + slack:
-    # s^2 e_d + 2 s cross - slack = 0
+    noise = patch_means(np.broadcast_to(noise_var, merged.shape).astype(np.float32))
+    # E(s) = E(H(merged) + s D) = e_m + 2 s cross + s^2 e_d; the largest s in [0, 1] that keeps
+    # e_m - REMOVE noise <= E(s) <= e_m + SLACK noise
     e_d = np.maximum(e_d, 1e-20)
-    s_max = (-cross + np.sqrt(cross * cross + e_d * slack)) / e_d
-    scale = np.where(e_m + 2 * cross + e_d <= e_m + slack, 1.0, np.clip(s_max, 0.0, 1.0)).astype(np.float32)
+    add, remove = SLACK * noise, REMOVE * noise
+    s_add = (-cross + np.sqrt(cross * cross + e_d * add)) / e_d  # where E(s) reaches the upper bound
+    disc = cross * cross - e_d * remove
+    s_remove = np.where((cross < 0) & (disc >= 0), (-cross - np.sqrt(np.maximum(disc, 0.0))) / e_d, np.inf)
+    scale = np.clip(np.minimum(s_add, s_remove), 0.0, 1.0).astype(np.float32)
     conf = cv2.resize(np.ascontiguousarray(confidence, np.float32), (scale.shape[2], scale.shape[1]),
                       interpolation=cv2.INTER_LINEAR)
     scale *= np.clip((conf - 0.25) / 0.25, 0.0, 1.0)[None]
