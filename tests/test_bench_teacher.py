@@ -9,7 +9,7 @@ import pytest
 import torch  # the training extra: `make test` installs it, and a missing torch must fail, not skip
 
 from app.cli import main as eyefuse  # noqa: E402
-from tests.test_distill_chain import TINY  # noqa: E402
+from tests.media import TINY_TEACHERS as TINY  # noqa: E402
 from trainers.models.nafnet import NAFNet  # noqa: E402
 from trainers.models.nafssr import NAFSSR  # noqa: E402
 

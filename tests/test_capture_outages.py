@@ -3,20 +3,15 @@ status says how long ago the last frame came and shows no frame rate meanwhile, 
 kept with its start, duration and reason. All on logical time (FakeClock), so durations are exact."""
 from __future__ import annotations
 
-import queue
-import threading
-import time
 
 import pytest
 
-from capture.clock import Clock, FakeClock
-from capture.errors import DeviceDisconnected, SourceEnded, SourceUnavailable
-from capture.frame import PixelFormat
+from capture.clock import FakeClock
+from capture.errors import SourceUnavailable
 from capture.ring_buffer import RingBuffer
-from capture.source import Source, SourceInfo
 from capture.worker import CaptureState, CaptureWorker, Outage, RetryPolicy
-from tests.conftest import DEADLINE_S, eventually, make_bgr_frame
-from tests.test_capture_worker import ScriptedCamera
+from tests.conftest import DEADLINE_S, eventually
+from tests.fakes import ScriptedCamera, Unpluggable
 
 
 @pytest.fixture(autouse=True)
@@ -24,72 +19,7 @@ def _no_leaks(no_leaked_threads):
     yield
 
 
-class Unpluggable(Source):
-    """A camera the test drives: `deliver(n, period_s)` lets n frames through, each period_s after
-    the one before on `clock` (or `stream(period_s)`: frames for ever); `unplug()` makes reads fail as
-    a pulled cable does and open() wait until `plug()`; `finish()` ends the stream."""
 
-    def __init__(self, clock: Clock):
-        self.clock = clock
-        self._steps: queue.Queue = queue.Queue()
-        self._plugged = threading.Event()
-        self._plugged.set()
-        self._ended = threading.Event()
-        self._stream_period: float | None = None
-        self.waiting_for_plug = threading.Event()
-        self._seq = 0
-
-    def deliver(self, n: int, period_s: float = 0.1) -> None:
-        for _ in range(n):
-            self._steps.put(period_s)
-
-    def stream(self, period_s: float) -> None:
-        self._stream_period = period_s
-
-    def unplug(self) -> None:
-        self._plugged.clear()
-
-    def plug(self) -> None:
-        self._plugged.set()
-
-    def finish(self) -> None:
-        self._ended.set()
-        self._plugged.set()
-
-    def open(self) -> None:
-        if not self._plugged.is_set():
-            self.waiting_for_plug.set()
-            if not self._plugged.wait(DEADLINE_S):
-                raise SourceUnavailable("the test never plugged the camera back")
-            self.waiting_for_plug.clear()
-        self._seq = 0
-
-    def read(self):
-        deadline = time.monotonic() + DEADLINE_S
-        while True:
-            if self._ended.is_set():
-                raise SourceEnded("finished")
-            if not self._plugged.is_set():
-                raise DeviceDisconnected("cable pulled")
-            if self._stream_period is not None:
-                period = self._stream_period
-                break
-            try:
-                period = self._steps.get(timeout=0.01)
-                break
-            except queue.Empty:
-                if time.monotonic() > deadline:
-                    raise SourceEnded("the test gave no more frames") from None
-        self.clock.sleep(period)
-        frame = make_bgr_frame(self._seq, 16, 16)
-        self._seq += 1
-        return frame
-
-    def close(self) -> None:
-        pass
-
-    def describe(self):
-        return SourceInfo("unpluggable", "test", 16, 16, 30.0, PixelFormat.BGR8)
 
 
 def start(source, clock, **kwargs) -> CaptureWorker:

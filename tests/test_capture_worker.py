@@ -1,17 +1,15 @@
-import threading
 
-import av
 import numpy as np
 import pytest
 
-from capture.clock import SYSTEM_CLOCK, Clock, FakeClock
-from capture.errors import DeviceDisconnected, FrameDecodeError, SourceEnded, SourceInvalid, SourceUnavailable
-from capture.frame import PixelFormat
+from capture.clock import FakeClock
+from capture.errors import SourceInvalid, SourceUnavailable
 from capture.ring_buffer import RingBuffer
-from capture.source import Source, SourceInfo
 from capture.video_file import VideoFileConfig, VideoFileSource
 from capture.worker import CaptureState, CaptureWorker, RetryPolicy
-from tests.conftest import DEADLINE_S, eventually, make_bgr_frame
+from tests.conftest import DEADLINE_S, eventually
+from tests.fakes import ScriptedCamera
+from tests.media import write_clip
 
 FAST_RETRY = RetryPolicy(initial_s=0.01, max_s=0.05)
 
@@ -21,47 +19,7 @@ def ended(worker: CaptureWorker) -> None:
     assert worker.join(DEADLINE_S), f"the capture thread did not end: {worker.status()}"
 
 
-class ScriptedCamera(Source):
-    """A camera that follows a script: each entry is 'frame', 'bad' (decode error), 'unplug',
-    'end', or an exception to raise from open(). Counts from 0 again after every reopen, like a
-    real device does. Each read takes `period_s` on `clock`."""
 
-    def __init__(self, read_script, open_script=(), period_s=0.0, clock: Clock = SYSTEM_CLOCK):
-        self.read_script = list(read_script)
-        self.open_script = list(open_script)
-        self.period_s = period_s
-        self.clock = clock
-        self.opened = 0
-        self.closed = 0
-        self._seq = 0
-        self.lock = threading.Lock()
-
-    def open(self):
-        if self.open_script:
-            exc = self.open_script.pop(0)
-            if exc is not None:
-                raise exc
-        self.opened += 1
-        self._seq = 0
-
-    def read(self):
-        self.clock.sleep(self.period_s)
-        step = self.read_script.pop(0) if self.read_script else "frame"
-        if step == "bad":
-            raise FrameDecodeError("corrupt packet")
-        if step == "unplug":
-            raise DeviceDisconnected("cable pulled")
-        if step == "end":
-            raise SourceEnded("no more")
-        f = make_bgr_frame(self._seq)
-        self._seq += 1
-        return f
-
-    def close(self):
-        self.closed += 1
-
-    def describe(self):
-        return SourceInfo("scripted", "test", 8, 8, 100.0, PixelFormat.BGR8)
 
 
 def test_runs_until_source_ends(no_leaked_threads):
@@ -142,21 +100,12 @@ def test_start_twice_is_refused():
     assert w.stop(DEADLINE_S)
 
 
-def _write_video(path, n=12, fps=24, size=(64, 48)):
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("mpeg4", rate=fps)
-        s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
-        for i in range(n):
-            img = np.full((size[1], size[0], 3), (i * 20) % 256, np.uint8)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
+
 
 
 def test_video_file_paced_at_its_frame_rate(tmp_path, no_leaked_threads):
     path = tmp_path / "clip.mp4"
-    _write_video(path, n=12, fps=24)
+    write_clip(path, n=12, fps=24, size=(64, 48))
     ring = RingBuffer(64)
     clock = FakeClock()
     w = CaptureWorker(VideoFileSource(VideoFileConfig(str(path), paced=True), clock=clock), ring)
@@ -174,7 +123,7 @@ def test_video_file_paced_at_its_frame_rate(tmp_path, no_leaked_threads):
 
 def test_video_file_loops_and_fast_mode(tmp_path):
     path = tmp_path / "clip.mp4"
-    _write_video(path, n=5)
+    write_clip(path, n=5, fps=24, size=(64, 48))
     src = VideoFileSource(VideoFileConfig(str(path), paced=False, loop=True))
     src.open()
     seqs = [src.read().seq for _ in range(13)]

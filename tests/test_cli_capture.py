@@ -8,7 +8,7 @@ from app.cli import main
 from capture.errors import SourceInvalid
 from capture.sources import open_source, parse_mode
 from capture.video_file import VideoFileSource
-from tests.test_capture_worker import _write_video
+from tests.media import write_clip
 
 
 def test_parse_mode():
@@ -20,7 +20,7 @@ def test_parse_mode():
 
 def test_open_source_kinds(tmp_path):
     clip = tmp_path / "c.mp4"
-    _write_video(clip, n=3)
+    write_clip(clip, n=3, fps=24, size=(64, 48))
     assert isinstance(open_source(str(clip)), VideoFileSource)
     with pytest.raises(SourceInvalid, match="eyefuse sources"):
         open_source(str(tmp_path / "nothing-here.mp4"))
@@ -28,7 +28,7 @@ def test_open_source_kinds(tmp_path):
 
 def test_capture_command_saves_frames_and_sidecar(tmp_path, capsys):
     clip = tmp_path / "c.mp4"
-    _write_video(clip, n=10, size=(64, 48))
+    write_clip(clip, n=10, fps=24, size=(64, 48))
     out = tmp_path / "frames"
     assert main(["capture", "--source", str(clip), "--frames", "6", "--out", str(out), "--fast"]) == 0
     side = json.loads((out / "frames.json").read_text())
@@ -41,7 +41,7 @@ def test_capture_command_saves_frames_and_sidecar(tmp_path, capsys):
 
 def test_capture_command_reports_a_source_that_ends_early(tmp_path, capsys):
     clip = tmp_path / "c.mp4"
-    _write_video(clip, n=4)
+    write_clip(clip, n=4, fps=24, size=(64, 48))
     out = tmp_path / "frames"
     assert main(["capture", "--source", str(clip), "--frames", "10", "--out", str(out), "--fast"]) == 1
     assert "ended after 4 frames" in capsys.readouterr().err
@@ -51,7 +51,7 @@ def test_capture_command_reports_a_source_that_ends_early(tmp_path, capsys):
 def test_capture_command_stops_cleanly_on_a_full_disk(tmp_path, capsys, monkeypatch):
     """/dev/full answers every write with ENOSPC; the third frame is written there."""
     clip = tmp_path / "c.mp4"
-    _write_video(clip, n=10)
+    write_clip(clip, n=10, fps=24, size=(64, 48))
     out = tmp_path / "frames"
     out.mkdir()
     import tempfile

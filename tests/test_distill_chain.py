@@ -16,10 +16,9 @@ from trainers import plot_metrics, prepare_dataset, teacher, train_student  # no
 from trainers.models.nafnet import NAFNet  # noqa: E402
 from trainers.models.nafssr import NAFSSR  # noqa: E402
 from trainers.prepare_dataset import validation_dir  # noqa: E402
+from tests.media import TINY_TEACHERS  # noqa: E402
 
-TINY = {"sr": {"up_scale": 4, "width": 8, "num_blks": 1},
-        "deblur": {"width": 8, "middle_blk_num": 1, "enc_blk_nums": [1], "dec_blk_nums": [1]},
-        "denoise": {"width": 8, "middle_blk_num": 1, "enc_blk_nums": [1], "dec_blk_nums": [1]}}
+
 
 
 def tiny_teachers(folder):
@@ -29,8 +28,8 @@ def tiny_teachers(folder):
     torch.manual_seed(0)
     for stage, cls in (("sr", NAFSSR), ("deblur", NAFNet), ("denoise", NAFNet)):
         path = folder / f"{stage}.pth"
-        torch.save({"params": cls(**TINY[stage]).state_dict()}, path)
-        args += [f"--{stage}-checkpoint", str(path), f"--{stage}-arch", json.dumps(TINY[stage])]
+        torch.save({"params": cls(**TINY_TEACHERS[stage]).state_dict()}, path)
+        args += [f"--{stage}-checkpoint", str(path), f"--{stage}-arch", json.dumps(TINY_TEACHERS[stage])]
     return args
 
 
@@ -87,7 +86,7 @@ def test_teacher_refuses_a_checkpoint_of_another_width_before_any_work(tmp_path,
     raw.mkdir()
     cv2.imwrite(str(raw / "f0.png"), np.zeros((24, 32, 3), np.uint8))
     args = tiny_teachers(tmp_path / "teachers")
-    wider = dict(TINY["denoise"], width=16)
+    wider = dict(TINY_TEACHERS["denoise"], width=16)
     args[args.index("--denoise-arch") + 1] = json.dumps(wider)
     assert teacher.main([str(raw), str(tmp_path / "out"), *args, "--no-progress"]) == 2
     assert "intro.weight: checkpoint (8, 3, 3, 3) vs model (16, 3, 3, 3)" in capsys.readouterr().err

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
 
 import app.live_cmd
@@ -29,7 +28,8 @@ from capture.simulated import SimulatedCamera, SimulatedConfig
 from capture.worker import CaptureState, CaptureStatus, Outage
 from engine.processor import BicubicProcessor, ProcessingError
 from tests.conftest import DEADLINE_S
-from tests.test_capture_worker import ScriptedCamera
+from tests.fakes import ScriptedCamera
+from tests.media import write_clip
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = "simulated:160x120@30"
@@ -42,16 +42,7 @@ def _no_leaks(no_leaked_threads, monkeypatch):
     yield
 
 
-def make_clip(path: Path, n: int) -> Path:
-    """A 160x120 video of n frames at 30 fps."""
-    with av.open(str(path), "w") as c:
-        st = c.add_stream("mpeg4", rate=30)
-        st.width, st.height, st.pix_fmt = 160, 120, "yuv420p"
-        for i in range(n):
-            img = np.full((120, 160, 3), (20 * i) % 256, np.uint8)
-            c.mux(st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-        c.mux(st.encode(None))
-    return path
+
 
 
 def live(*argv: str) -> int:
@@ -130,7 +121,7 @@ def test_headless_recording_that_fails_exits_non_zero_and_says_why(tmp_path, cap
 
 
 def test_headless_ends_when_a_source_shorter_than_frames_ends(tmp_path, capsys):
-    clip = make_clip(tmp_path / "short.mp4", 12)
+    clip = write_clip(tmp_path / "short.mp4", 12)
     stats = tmp_path / "s.json"
     rc = within_deadline(lambda: live("--headless", "--frames", "100", "--model", "bicubic", "--source", str(clip),
                                       "--stats", str(stats)))

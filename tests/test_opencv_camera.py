@@ -5,12 +5,12 @@ import pytest
 
 from capture.errors import DeviceDisconnected, SourceUnavailable
 from capture.opencv_camera import OpenCVCamera, OpenCVCameraConfig
-from tests.test_capture_worker import _write_video
+from tests.media import write_clip
 
 
 def test_reads_frames_then_reports_disconnect_when_they_stop(tmp_path):
     path = tmp_path / "cam.mp4"
-    _write_video(path, n=6, size=(64, 48))
+    write_clip(path, n=6, fps=24, size=(64, 48))
     cam = OpenCVCamera(OpenCVCameraConfig(device=str(path), read_failures_before_disconnect=2))
     cam.open()
     frames = [cam.read() for _ in range(6)]

@@ -16,6 +16,7 @@ from trainers.export import base_filter_of, export_onnx, register  # noqa: E402
 from trainers.models.macs import macs_per_input_pixel  # noqa: E402
 from trainers.models.registry import build  # noqa: E402
 from trainers.models.student import StudentConfig, StudentSR  # noqa: E402
+from tests.media import fake_bsds
 
 
 def test_mac_count_matches_the_formula():
@@ -130,16 +131,7 @@ def test_exported_baseline_matches_torch(tmp_path):
     assert np.abs(out.astype(float) - _torch_output(net, bgr)).max() <= 1
 
 
-def _fake_bsds(root, n=6, seed=0):
-    rng = np.random.default_rng(seed)
-    for split in ("train", "test", "val"):
-        d = root / "BSDS500" / split
-        d.mkdir(parents=True)
-        for i in range(n):
-            img = cv2.GaussianBlur(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8), (0, 0), 2.0)
-            cv2.imwrite(str(d / f"{i}.jpg"), img)
-    (root / "BSDS500" / "train" / "broken.jpg").write_bytes(b"not a jpeg")  # skipped with a warning
-    return root
+
 
 
 def _rows(path):
@@ -150,7 +142,7 @@ def _rows(path):
 def test_training_logs_resumes_and_exports_a_model_the_engine_runs(tmp_path, capsys):
     from trainers.train_student import main
 
-    data = _fake_bsds(tmp_path / "data")
+    data = fake_bsds(tmp_path / "data")
     log, weights = tmp_path / "logs" / "s.csv", tmp_path / "w"
     args = ["--data", str(data), "--steps-per-epoch", "3", "--batch", "4", "--patch", "16", "--val-images", "3",
             "--channels", "8", "--blocks", "1", "--base-blur", "0.8", "--log-path", str(log), "--weights-dir", str(weights)]
@@ -176,7 +168,7 @@ def test_training_logs_resumes_and_exports_a_model_the_engine_runs(tmp_path, cap
 def test_a_reparameterised_student_trains_and_exports_fused(tmp_path):
     from trainers.train_student import main
 
-    data = _fake_bsds(tmp_path / "data")
+    data = fake_bsds(tmp_path / "data")
     weights = tmp_path / "w"
     assert main(["--data", str(data), "--steps-per-epoch", "2", "--batch", "2", "--patch", "16", "--val-images", "2",
                  "--channels", "8", "--blocks", "1", "--reparam", "--epochs", "1", "--name", "rep",
@@ -190,7 +182,7 @@ def test_a_reparameterised_student_trains_and_exports_fused(tmp_path):
 def test_a_student_distils_from_a_trained_network_and_refuses_a_file_that_is_not_one(tmp_path, capsys):
     from trainers.train_student import main
 
-    data = _fake_bsds(tmp_path / "data")
+    data = fake_bsds(tmp_path / "data")
     common = ["--data", str(data), "--steps-per-epoch", "2", "--batch", "2", "--patch", "16", "--val-images", "2",
               "--epochs", "1", "--weights-dir", str(tmp_path / "w")]
     big = tmp_path / "big.ckpt"
@@ -214,7 +206,7 @@ def test_a_student_distils_from_a_trained_network_and_refuses_a_file_that_is_not
 def test_resume_refuses_a_checkpoint_for_another_architecture(tmp_path):
     from trainers.train_student import main
 
-    data = _fake_bsds(tmp_path / "data")
+    data = fake_bsds(tmp_path / "data")
     log = tmp_path / "s.csv"
     base = ["--data", str(data), "--steps-per-epoch", "2", "--batch", "2", "--patch", "16", "--val-images", "2",
             "--log-path", str(log), "--no-export", "--epochs", "1"]
@@ -226,7 +218,7 @@ def test_resume_refuses_a_checkpoint_for_another_architecture(tmp_path):
 def test_baselines_train_at_reduced_widths_and_refuse_bad_ones(tmp_path):
     from trainers.train_student import main
 
-    data = _fake_bsds(tmp_path / "data")
+    data = fake_bsds(tmp_path / "data")
     weights = tmp_path / "w"
     base = ["--data", str(data), "--steps-per-epoch", "2", "--batch", "2", "--patch", "16", "--val-images", "2",
             "--epochs", "1", "--lr", "1e-3", "--weights-dir", str(weights)]

@@ -10,13 +10,13 @@ import numpy as np
 
 import torch  # the training extra: `make test` installs it, and a missing torch must fail, not skip
 
-from tests.test_student_export import _fake_bsds  # noqa: E402
+from tests.media import fake_bsds  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_torchrun_two_processes_train_log_and_checkpoint(tmp_path):
-    data = _fake_bsds(tmp_path / "data")
+    data = fake_bsds(tmp_path / "data")
     log, ckpt = tmp_path / "logs" / "ddp.csv", tmp_path / "ddp.ckpt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "trainers.train_student", "--data", str(data), "--epochs", "1", "--steps-per-epoch", "2",

@@ -680,9 +680,9 @@ def test_display_images_are_32_bit_copies_that_draw_the_same_colours():
 
 # -- unattended runs that end on their own, and outages ---------------------------------------------
 def test_an_unattended_run_ends_when_its_source_ends(open_window, qtbot, tmp_path):
-    from tests.test_live_cmd import make_clip
+    from tests.media import write_clip
 
-    clip = make_clip(tmp_path / "short.mp4", 12)
+    clip = write_clip(tmp_path / "short.mp4", 12)
     w = open_window(source=str(clip), plan=RunPlan(frames=100, stats=tmp_path / "s.json"))
     qtbot.waitUntil(lambda: w.final_stats is not None, timeout=WAIT_MS)  # the run ended by itself
     assert w.run_end.reason == "source ended" and not w.run_end.failed
@@ -717,7 +717,7 @@ def test_an_unattended_run_stops_when_the_processor_fails_every_frame(open_windo
 
 
 def test_a_camera_outage_shows_live_and_is_kept_in_the_figures(open_window, qtbot, tmp_path):
-    from tests.test_capture_outages import Unpluggable
+    from tests.fakes import Unpluggable
 
     cam = Unpluggable(SYSTEM_CLOCK)
     cam.stream(1 / 30)
