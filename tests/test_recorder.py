@@ -25,6 +25,7 @@ from capture.ring_buffer import RingBuffer
 from engine.processor import BicubicProcessor, Result
 from engine.worker import EngineWorker, WorkerConfig
 from tests.conftest import DEADLINE_S, eventually, make_bgr_frame
+from engine.metrics import psnr
 
 W, H = 160, 120  # input; outputs are 2x
 
@@ -69,11 +70,6 @@ def decode(path: Path) -> tuple[list[float], list[np.ndarray], float]:
             times.append(float(f.pts * f.time_base))
             frames.append(f.to_ndarray(format="bgr24"))
         return times, frames, c.duration / 1e6 if c.duration else float("nan")
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10 * np.log10(255**2 / max(mse, 1e-12))
 
 
 def record(results, config: RecorderConfig, opener=None) -> Recorder:
