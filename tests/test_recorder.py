@@ -22,10 +22,10 @@ from app.recorder import (
 )
 from capture.clock import FakeClock
 from capture.ring_buffer import RingBuffer
+from engine.metrics import psnr
 from engine.processor import BicubicProcessor, Result
 from engine.worker import EngineWorker, WorkerConfig
 from tests.conftest import DEADLINE_S, eventually, make_bgr_frame
-from engine.metrics import psnr
 
 W, H = 160, 120  # input; outputs are 2x
 
