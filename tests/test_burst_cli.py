@@ -127,3 +127,18 @@ def test_a_burst_of_one_frame_is_said_once(tmp_path, capsys):
     assert main(["enhance-burst", str(tmp_path / "in"), "-o", str(tmp_path / "m.dng")]) == 0
     captured = capsys.readouterr()
     assert (captured.out + captured.err).count("a burst of one frame") == 1 and "UserWarning" not in captured.err
+
+
+def test_enhance_burst_refines_with_the_bundled_teacher_and_regressor(tmp_path, capsys):
+    b = burst(6, gain=4, size=(136, 100), seed=11)  # planes of 68x50: not multiples of the latent's 8
+    write_burst(tmp_path / "in", burst_frames(b))
+    merged_only = tmp_path / "m.dng"
+    assert main(["enhance-burst", str(tmp_path / "in"), "-o", str(merged_only)]) == 0
+    for refine, steps in (("regressor", "1"), ("teacher", "3")):
+        out = tmp_path / f"{refine}.dng"
+        assert main(["enhance-burst", str(tmp_path / "in"), "-o", str(out), "--refine", refine, "--steps", steps]) == 0
+        assert "refine" in capsys.readouterr().out  # its stage time is in the summary
+        got = read_dng(out)
+        assert got.pixels.shape == (100, 136)
+        err = lambda path: np.sqrt(np.mean((normalise(read_dng(path).pixels, read_dng(path).raw) - b.clean[0]) ** 2))
+        assert err(out) < 1.1 * err(merged_only), refine  # the refinement keeps the merge's quality (gain 4)
