@@ -55,3 +55,26 @@ def no_leaked_threads():
             return
         time.sleep(0.02)
     pytest.fail(f"threads outlived the test: {[t.name for t in leaked]}")
+
+
+def returns_within_deadline(fn, what: str = "the call"):
+    """fn()'s result, or the exception it raised, from a thread given DEADLINE_S to return: a call
+    that never returns fails the test saying so instead of hanging it."""
+    import pytest
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"test-call: {what}", daemon=True)
+    thread.start()
+    thread.join(DEADLINE_S)
+    if thread.is_alive():
+        pytest.fail(f"{what} did not return within {DEADLINE_S:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -37,3 +37,12 @@ def fake_bsds(root: Path, n: int = 6, seed: int = 0) -> Path:
 TINY_TEACHERS = {"sr": {"up_scale": 4, "width": 8, "num_blks": 1},
                  "deblur": {"width": 8, "middle_blk_num": 1, "enc_blk_nums": [1], "dec_blk_nums": [1]},
                  "denoise": {"width": 8, "middle_blk_num": 1, "enc_blk_nums": [1], "dec_blk_nums": [1]}}
+
+
+def decode_all(path: Path) -> int:
+    """Decode every frame of the file; any error (a half-written fragment) fails the test."""
+    n = 0
+    with av.open(str(path)) as c:
+        for _ in c.decode(video=0):
+            n += 1
+    return n

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,9 +26,9 @@ from capture.errors import SourceInvalid, SourceUnavailable
 from capture.simulated import SimulatedCamera, SimulatedConfig
 from capture.worker import CaptureState, CaptureStatus, Outage
 from engine.processor import BicubicProcessor, ProcessingError
-from tests.conftest import DEADLINE_S
+from tests.conftest import DEADLINE_S, returns_within_deadline
 from tests.fakes import ScriptedCamera
-from tests.media import write_clip
+from tests.media import decode_all, write_clip
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = "simulated:160x120@30"
@@ -51,15 +50,6 @@ def live(*argv: str) -> int:
     return args.run(args)
 
 
-def decode_all(path: Path) -> int:
-    """Decode every frame; any error (a half-written file) fails the test."""
-    n = 0
-    with av.open(str(path)) as c:
-        for _ in c.decode(video=0):
-            n += 1
-    return n
-
-
 class AlwaysFails(BicubicProcessor):
     """A processor that fails on every frame (as burst_fusion does on a BGR camera)."""
 
@@ -78,22 +68,7 @@ def simulated_on(clock: FakeClock):
 
 def within_deadline(fn):
     """fn() on a thread; fails the test if it has not returned within DEADLINE_S (it would hang)."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # handed to the test
-            box["error"] = exc
-
-    t = threading.Thread(target=target, name="test-live-run", daemon=True)
-    t.start()
-    t.join(DEADLINE_S)
-    if t.is_alive():
-        pytest.fail(f"the run did not end within {DEADLINE_S:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    return returns_within_deadline(fn, "the run")
 
 
 # -- headless -------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """The PS3 Eye driver, run unchanged through real pyusb against an emulated camera (tests/ps3eye_emulator.py)."""
 import json
 import re
-import threading
 
 import numpy as np
 import pytest
@@ -23,7 +22,7 @@ from capture.ring_buffer import RingBuffer
 from capture.sources import open_source
 from capture.worker import CaptureState, CaptureWorker, RetryPolicy
 from engine.burst.raw import check_burst, normalise
-from tests.conftest import DEADLINE_S, eventually
+from tests.conftest import DEADLINE_S, eventually, returns_within_deadline
 from tests.ps3eye_emulator import HeaderStyle, PS3EyeEmulator
 
 FAST_RETRY = RetryPolicy(initial_s=0.02, max_s=0.05)
@@ -46,24 +45,8 @@ def _retries(message: str) -> int:
 
 
 def _returns(fn, what: str):
-    """fn()'s result, or the exception it raised, from a thread given DEADLINE_S to return: a read()
-    that never returns fails the test saying so instead of hanging it."""
-    box = {}
-
-    def run():
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # handed to the test
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name="ps3eye-test-call", daemon=True)
-    thread.start()
-    thread.join(DEADLINE_S)
-    if thread.is_alive():
-        pytest.fail(f"{what} did not return within {DEADLINE_S:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    """fn()'s result, or the exception it raised: a read() that never returns fails the test."""
+    return returns_within_deadline(fn, what)
 
 
 def _paced(clock: FakeClock, **config) -> tuple[PS3EyeEmulator, PS3EyeCamera]:

@@ -26,6 +26,7 @@ from engine.metrics import psnr
 from engine.processor import BicubicProcessor, Result
 from engine.worker import EngineWorker, WorkerConfig
 from tests.conftest import DEADLINE_S, eventually, make_bgr_frame
+from tests.media import decode_all
 
 W, H = 160, 120  # input; outputs are 2x
 
@@ -327,15 +328,6 @@ def noisy(i: int, t_ns: int, rng: np.random.Generator) -> Result:
     """A result whose picture is noise: it barely compresses, so a few frames fill a small disk and
     each fragment is large enough that the disk fills in the middle of one."""
     return dataclasses.replace(result(i, t_ns), output=rng.integers(0, 256, (2 * H, 2 * W, 3), dtype=np.uint8))
-
-
-def decode_all(path: Path) -> int:
-    """Decode every frame of the file; any error (a half-written fragment) fails the test."""
-    n = 0
-    with av.open(str(path)) as c:
-        for _ in c.decode(video=0):
-            n += 1
-    return n
 
 
 class _DiskWithRoom(io.FileIO):
