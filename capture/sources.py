@@ -41,6 +41,18 @@ def parse_mode(text: str) -> tuple[int, int, float | None]:
     return int(m["w"]), int(m["h"]), float(m["fps"]) if m["fps"] else None
 
 
+def _mode_and_bayer(rest: str, w, h, fps) -> tuple:
+    """The "WxH@FPS" and "bayer" parts of a camera spec's tail (in any order), over the options'
+    (w, h, fps): -> (w, h, fps, bayer)."""
+    bayer = False
+    for part in filter(None, rest.split(":")):
+        if part == "bayer":
+            bayer = True
+        else:
+            w, h, fps = _merge(parse_mode(part), w, h, fps)
+    return w, h, fps, bayer
+
+
 def open_source(spec: str, options: SourceOptions = SourceOptions()) -> Source:
     """A Source for `spec` (not yet opened). Raises SourceInvalid naming what was not understood."""
     kind, _, rest = spec.partition(":")
@@ -49,12 +61,7 @@ def open_source(spec: str, options: SourceOptions = SourceOptions()) -> Source:
     if kind == "simulated":
         from capture.simulated import SimulatedCamera, SimulatedConfig
 
-        bayer = False
-        for part in filter(None, rest.split(":")):
-            if part == "bayer":
-                bayer = True
-            else:
-                w, h, fps = _merge(parse_mode(part), w, h, fps)
+        w, h, fps, bayer = _mode_and_bayer(rest, w, h, fps)
         cfg = SimulatedConfig(
             width=w or 640, height=h or 480, fps=fps or 30.0, realtime=options.realtime, seed=options.seed,
             pixel_format=PixelFormat.BAYER16 if bayer else PixelFormat.BGR8, image_dir=options.images,
@@ -63,12 +70,7 @@ def open_source(spec: str, options: SourceOptions = SourceOptions()) -> Source:
     if kind == "ps3eye":
         from capture.ps3eye import PS3EyeCamera, PS3EyeConfig
 
-        bayer = False
-        for part in filter(None, rest.split(":")):
-            if part == "bayer":
-                bayer = True
-            else:
-                w, h, fps = _merge(parse_mode(part), w, h, fps)
+        w, h, fps, bayer = _mode_and_bayer(rest, w, h, fps)
         return PS3EyeCamera(PS3EyeConfig(width=w or 640, height=h or 480, fps=fps or 60,
                                          pixel_format=PixelFormat.BAYER16 if bayer else PixelFormat.YUYV))
     if kind.isdigit() or spec.startswith("/dev/video"):
