@@ -1,7 +1,7 @@
 """`python -m trainers.burst_refine_data --out DIR`: training data for the learned burst refinement.
 
 Each sample is a burst synthesised from a BSDS500 train/test photo (never Kodak24, the benchmark)
-by the SyntheticBurst/unprocess protocol (trainers/burst_synthesis.py), at a noise level drawn
+by the SyntheticBurst/unprocess protocol (capture/burst_synthesis.py), at a noise level drawn
 over the whole KPN range (log-uniform gain 1-8, the KPN read and shot levels interpolated in log),
 with, for LENS_SHARE of the bursts, synthetic vignetting and lateral chromatic aberration applied to
 every frame (engine/burst/lens.distort); then aligned and merged by our own burst path with the
