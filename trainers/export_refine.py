@@ -81,18 +81,10 @@ class ConsistencyGraph(nn.Module):
         self.decode = DecoderGraph(vae.decoder, float(vae.scale))
 
     def forward(self, merged: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        from trainers.train_consistency import consistency, step_times
+        from trainers.train_consistency import multistep
 
         zm = self.encode(merged)
-        g = globals_from(cond)
-        z, x0 = zm, zm
-        for i, tau in enumerate(step_times(self.k)):
-            t = torch.full((zm.shape[0],), tau, dtype=zm.dtype)
-            if i:
-                e = torch.sin(0.5 * torch.pi * t).pow(2).view(-1, 1, 1, 1)
-                z = x0 + e * (zm - x0)
-            x0 = consistency(self.student, z, zm, cond, t, g)
-        return self.decode(x0, merged)
+        return self.decode(multistep(self.student, zm, cond, globals_from(cond), self.k), merged)
 
 
 def planes_spec(name: str) -> TensorSpec:
