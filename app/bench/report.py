@@ -16,18 +16,27 @@ import psutil
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
+# The vector extensions that decide a CPU's speed here (and ONNX Runtime's int8 arithmetic: with VNNI
+# its u8 x s8 products do not saturate as they do on AVX2), so results from different machines are
+# not compared as if they were one.
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
 def machine_info() -> dict[str, Any]:
     cpu = platform.processor() or ""
+    flags: list[str] = []
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next((ln for ln in lines if ln.startswith("model name")), None)
+        cpu = model.split(":", 1)[1].strip() if model else cpu
+        have = set(next((ln for ln in lines if ln.startswith("flags")), ":").split(":", 1)[1].split())
+        flags = [f for f in SIMD_FLAGS if f in have]
     except OSError:
         pass
     info: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu,
+        "simd": " ".join(flags) or "unknown",
         "logical_cores": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
