@@ -32,7 +32,6 @@ PATCH = 8
 GUARD_SIGMA = 3.0  # the guard leaves alone only what is coarser than this (brightness, colour)
 SLACK = 0.1  # of the merge's remaining noise variance: detail energy the merge's noise could hide
 REMOVE = 2.0  # of the merge's remaining noise variance: the most energy removing that noise takes away
-REMOVE = 2.0  # of the merge's remaining noise variance: the most energy removing its noise can take away
 MARGIN = 1.25
 FLOOR = 1e-6  # squared error per pixel (linear [0, 1]): below it no patch counts, whatever the ratio
 
