@@ -340,6 +340,7 @@ def _finish_headless(pipe: LivePipeline, recorder, tally: _Tally, end: RunEnd, s
     elapsed = pipe.clock.monotonic() - tally.t0
     summary = {
         "source": pipe.source_spec, "processor": eng.processor if eng else None,
+        "steps": eng.steps if eng else None,  # the step count in force at the end (None: the processor has none)
         "frames_shown": tally.shown, "errors": tally.errors,
         "seconds": elapsed, "display_fps": tally.shown / elapsed if elapsed > 0 else 0.0,
         "latency_ms_median": float(np.median(lat)), "latency_ms_p99": float(np.percentile(lat, 99)),

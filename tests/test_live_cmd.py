@@ -204,3 +204,12 @@ def test_sigterm_finalises_the_recording_and_writes_the_figures(tmp_path, mode):
     rec = figures["record"]
     assert rec["state"] == "finished" and rec["frames"] > 0
     assert decode_all(out) == rec["frames"], "every frame recorded decodes"
+
+
+def test_headless_figures_report_the_step_count_in_force(tmp_path):
+    stats = tmp_path / "s.json"
+    assert live("--headless", "--frames", "6", "--model", "burst_fusion", "--source", "simulated:bayer:160x96@30",
+                "--steps", "0", "--stats", str(stats)) == 0
+    assert json.loads(stats.read_text())["steps"] == 0
+    assert live("--headless", "--frames", "3", "--model", "bicubic", "--source", SMALL, "--stats", str(stats)) == 0
+    assert json.loads(stats.read_text())["steps"] is None  # bicubic has no step count
