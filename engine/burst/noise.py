@@ -51,7 +51,7 @@ LEAK = 0.1  # a bin this far above the fitted line (relative) is taken to carry 
 FLAT = 1.5  # a tile whose mean's structure exceeds this many times the noise variance is not flat
 QUANTILE = 0.25  # of each level bin's tile estimates: misalignment only adds variance
 MAX_TILES = 4800  # 8x8 tiles looked at, at most (a 640x480 frame's planes have 1200)
-MIN_TILES = 24  # usable tiles (of all planes) the burst estimate needs, and a level bin
+MIN_TILES = 24  # usable tile-planes (a tile counts once per plane) the estimate needs, and a level bin
 BINS = 12
 DISAGREE = 4.0  # a metadata profile this far from the measured one (either way) is reported
 NOISE_MODES = ("auto", "metadata", "estimate")
@@ -188,6 +188,8 @@ def estimate_noise_burst(stack: np.ndarray, alignment: Alignment, floor: float =
     keep = xs - np.sqrt(vs) > floor  # closer, the clip leaves too little of the noise to correct
     if keep.any():
         xs, vs, ws = xs[keep], vs[keep], ws[keep]
+    if not np.any(vs > 0):  # every tile flat to the last code (a lens cap, a clipped frame): no noise to see
+        return None
     s, o = _fit_lower_line(xs, vs, ws)
     return NoiseModel((s,) * 4, (o,) * 4, estimated=True)
 
@@ -200,7 +202,7 @@ def _fit_lower_line(x: np.ndarray, v: np.ndarray, w: np.ndarray, iterations: int
     s, o = _fit_line(x, v, weight)
     for _ in range(iterations):
         excess = np.maximum(v / np.maximum(s * x + o, 1e-30) - 1.0, 0.0) / LEAK
-        s, o = _fit_line(x, v, w / (1.0 + excess * excess))
+        s, o = _fit_line(x, v, weight / (1.0 + excess * excess))
     return s, o
 
 

@@ -247,7 +247,7 @@ def _fit_line(x: np.ndarray, v: np.ndarray, w: np.ndarray) -> tuple[float, float
     if x.size == 0:
         return 0.0, 1e-6
     if x.size == 1 or np.ptp(x) < 1e-6:
-        return 0.0, float(np.average(v, weights=w))
+        return 0.0, float(max(np.average(v, weights=w), 1e-10))
     # Relative weighting: variance estimates scatter in proportion to their size.
     w = w / np.maximum(v, 1e-12) ** 2
     A = np.stack([x, np.ones_like(x)], axis=1) * np.sqrt(w)[:, None]
