@@ -175,3 +175,28 @@ def test_burst_fusion_measures_once_and_again_when_the_exposure_changes():
     timer = StageTimer()
     proc.enhance(brighter, timer)
     assert "noise" in timer.stages
+
+
+def test_a_burst_with_no_noise_to_see_merges_to_finite_planes():
+    # a lens cap on a camera that clips at black: every sample the same code, nothing to measure
+    from capture.frame import Frame, PixelFormat
+
+    b = burst(8, gain=2, size=(128, 96), seed=1)
+    frames = burst_frames(b)
+    flat = [Frame(np.full_like(f.pixels, 256), f.seq, f.t_capture_ns, f.source, PixelFormat.BAYER16,
+                  raw=f.raw.replace(noise_profile=())) for f in frames]
+    for mode in ("auto", "estimate"):
+        fused = fuse_burst(flat, BurstConfig(reference="first", noise=mode))
+        assert np.isfinite(fused.planes).all(), mode
+
+
+def test_burst_fusion_keeps_what_it_finds_only_from_a_whole_burst():
+    from engine.burst.fusion import BurstFusion
+    from engine.processor import StageTimer
+
+    _, frames = _frames()
+    proc = BurstFusion(8, steps=0)
+    proc.enhance(frames[:2], StageTimer())  # the start of a stream: too few frames to tell anything
+    timer = StageTimer()
+    proc.enhance(frames, timer)
+    assert "noise" in timer.stages, "the first whole burst measures afresh"

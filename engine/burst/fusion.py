@@ -210,8 +210,6 @@ def fuse_burst(frames: Sequence[Frame], cfg: BurstConfig = BurstConfig(), timer:
             if cfg.noise != "metadata" or metadata is None:
                 floor = float(np.min(-black_levels(meta) / (meta.white_level - black_levels(meta))))
                 measured = estimate_noise_burst(stack, alignment, floor)
-            if single is None and measured is None and metadata is None:
-                single = estimate_noise(stack[r])
             noise = choose_noise(metadata, measured, single, cfg.noise)
         # The aligner trusts a tile's own flow by its texture against the noise: aligned under a
         # noise model far from the one now chosen (a single frame's estimate, which reads fine
@@ -392,10 +390,13 @@ class BurstFusion(Processor):
                                    f"{ref.source!r}; use the simulated Bayer camera (simulated:bayer) or a DNG folder")
         # Sensor defects do not move, and the noise changes only with the exposure: look for them
         # again every DEFECT_REFRESH bursts (and the noise when the exposure or its profile changes).
-        refresh = self._calls % self.DEFECT_REFRESH == 0
-        known = None if refresh else self._defects
+        # What was found is kept only from a whole burst (the first bursts of a stream, or after a
+        # source switch, are short: too few frames to tell a defect or to measure the noise), and
+        # only for the camera settings it was found with.
         key = (ref.raw.exposure_time_s, ref.raw.iso, ref.raw.noise_profile, ref.pixels.shape)
-        noise = None if refresh or key != self._noise_key else self._noise
+        refresh = self._calls % self.DEFECT_REFRESH == 0 or key != self._noise_key
+        known = None if refresh else self._defects
+        noise = None if refresh else self._noise
         fused = fuse_burst(frames, self.config, timer, warn=not self._warned_single, defects=known, noise=noise)
         self.notice = self._refine_error
         steps = self._steps
@@ -405,10 +406,10 @@ class BurstFusion(Processor):
                 fused.planes = refiner.refine(fused)
             self.notice = refiner.last_note
         self.psnr_vs_truth = _planes_psnr(fused, ref)
-        self._calls += 1
         if len(fused.used) == 1:
             self._warned_single = True
-        else:
+        elif len(fused.used) == self.frames_needed:
+            self._calls += 1
             if fused.defects is not None:
                 self._defects = fused.defects
             self._noise, self._noise_key = fused.noise_report, key
