@@ -243,3 +243,13 @@ def test_burst_fusion_without_refinement_weights_runs_the_merge_and_says_why(tmp
     assert r.ok and r.steps == 0 and "learned refinement is off" in r.notice and "burst_consistency_1" in r.notice
     with pytest.raises(StepsNotSupported, match="only steps 0"):
         proc.steps = 1
+
+
+def test_the_guard_covers_the_edges_of_planes_of_any_size(trained):
+    # 6x6 planes (smaller than a guard patch) and 20x28 (a strip beyond the whole patches)
+    refiner = BurstRefiner(RefineConfig("regressor"), trained / "weights")
+    noise = NoiseModel((1e-3,) * 4, (1e-4,) * 4)
+    for h, w in ((6, 6), (20, 28)):
+        merged = np.full((4, h, w), 0.2, np.float32)
+        out = refiner.refine_planes(merged, np.ones((1, 1), np.float32), noise, 8, LensModel(), "RGGB")
+        assert out.shape == (4, h, w) and np.isfinite(out).all()

@@ -4,8 +4,9 @@ what it adds that is not there.
     guard(refined, merged, noise_var, confidence) -> planes      the refinement, held to the burst
     hallucination_rate(out, merged, truth) -> (rate, over_smoothed)   the benchmark's measure
 
-Both look at the high-pass H(u) = u - GaussianBlur(u, sigma 1) of the linear packed planes, in 8x8
-patches: that is where a generative model invents texture.
+Both look at a high-pass H(u) = u - GaussianBlur(u, sigma) of the linear packed planes, in 8x8
+patches, where a generative model invents texture: the measure at sigma 1 (the finest detail), the
+guard at GUARD_SIGMA (everything but brightness and colour).
 
 The guard, per patch and plane, on the change the model made above a coarse scale (GUARD_SIGMA),
 D = H(refined - merged). The merge's high-pass energy E is the scene's plus its remaining noise, so

@@ -100,7 +100,8 @@ def guard_refinement(refined: np.ndarray, merged: np.ndarray, confidence: np.nda
 
 
 class BurstRefiner:
-    """The ONNX sessions of one refinement model; `refine` is thread-safe (ONNX Runtime's run is)."""
+    """The ONNX sessions of one refinement model. One caller at a time (the engine thread): `refine`
+    leaves its notice in `last_note`."""
 
     def __init__(self, cfg: RefineConfig = RefineConfig(), weights_dir: Path | str = WEIGHTS_DIR):
         from engine.runtime import load_model
@@ -133,15 +134,16 @@ class BurstRefiner:
         else:
             (name,) = graphs_for(self.config.model, self.config.steps)
             out = self.models[name].session.run(None, {"merged": x, "cond": cond})[0]
-        out = out[0, :, :h, :w]
+        out = out[0]
         self.last_note = None
-        if not np.isfinite(out).all():
-            bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+        if not np.isfinite(out[:, :h, :w]).all():
+            bad = int(np.count_nonzero(~np.isfinite(out[:, :h, :w])))
             self.last_note = (f"the {self.config.model} refinement gave {bad} NaN/Inf values: the merge is shown "
                               f"for this burst instead")
             return np.ascontiguousarray(merged, np.float32)
-        out = np.ascontiguousarray(out, np.float32)
-        return guard_refinement(out, merged, confidence, noise, frames) if self.config.guard else out
+        if self.config.guard:  # on the padded planes, so its whole patches reach every edge
+            out = guard_refinement(np.ascontiguousarray(out, np.float32), padded, confidence, noise, frames)
+        return np.ascontiguousarray(out[:, :h, :w], np.float32)
 
     def _sample(self, x: np.ndarray, cond: np.ndarray) -> np.ndarray:
         enc, step, dec = (self.models[n].session for n in graphs_for("teacher", self.config.steps))
