@@ -247,23 +247,23 @@ ALPHA_EXTS = {".png", ".tif", ".tiff", ".webp"}
 
 def read_image(path: Path) -> tuple[Frame, np.ndarray | None]:
     """An image file as a BGR8 Frame, and its alpha channel (uint8, or None). Grey images become
-    BGR. 16-bit images are refused: the models take 8 bits, and writing 8 bits back would silently
-    throw away half of every sample."""
+    BGR, and EXIF orientation is applied as a viewer would. 16-bit images are refused: the models
+    take 8 bits, and writing 8 bits back would silently throw away half of every sample."""
     data = np.fromfile(str(path), np.uint8)  # imdecode, unlike imread, works for any path encoding
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if img is None:
+    raw = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None  # depth and alpha as stored
+    if raw is None:
         raise EnhanceError(f"cannot decode image {path}: it is empty, truncated or not an image OpenCV reads")
-    if img.dtype != np.uint8:
-        raise EnhanceError(f"{path} has {img.dtype.itemsize * 8}-bit samples; the models work on 8-bit images and "
+    if raw.dtype != np.uint8:
+        raise EnhanceError(f"{path} has {raw.dtype.itemsize * 8}-bit samples; the models work on 8-bit images and "
                            f"enhance does not write fewer bits than it read. Convert it to 8 bits first")
-    alpha = None
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    elif img.shape[2] == 4:
-        alpha, img = img[..., 3], cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    elif img.shape[2] == 2:  # grey + alpha
-        alpha, img = img[..., 1], cv2.cvtColor(img[..., 0], cv2.COLOR_GRAY2BGR)
-    return Frame(np.ascontiguousarray(img), 0, time.monotonic_ns(), str(path), PixelFormat.BGR8), alpha
+    alpha = raw[..., 3] if raw.ndim == 3 and raw.shape[2] == 4 else None
+    if alpha is not None and alpha.min() == 255:
+        alpha = None  # an opaque alpha (a 32-bit BMP's padding byte, say) carries nothing
+    if alpha is None:
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)  # with the EXIF orientation applied
+    else:  # formats with alpha rarely carry an orientation; the colour and alpha stay as stored, aligned
+        bgr = cv2.cvtColor(raw, cv2.COLOR_BGRA2BGR)
+    return Frame(np.ascontiguousarray(bgr), 0, time.monotonic_ns(), str(path), PixelFormat.BGR8), alpha
 
 
 def _run(processor: Processor, frames: list[Frame], path: Path, index: int | None = None) -> Result:

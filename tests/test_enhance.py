@@ -259,3 +259,19 @@ def test_a_read_only_output_folder_is_one_clear_line(tmp_path, read_only_dir, ca
     assert cli(str(img), "-o", str(read_only_dir / "out.png"), "--model", "bicubic") == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot write to {read_only_dir}" in err and not list(read_only_dir.iterdir())
+
+
+def test_an_exif_rotated_jpeg_is_enhanced_upright_and_an_opaque_bmp_is_not_taken_for_alpha(tmp_path):
+    from PIL import Image
+
+    img = np.zeros((40, 80, 3), np.uint8)
+    img[:, :40] = 200  # the left half bright, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(img).save(tmp_path / "turned.jpg", exif=exif.tobytes(), quality=95)
+    assert cli(str(tmp_path / "turned.jpg"), "-o", str(tmp_path / "out.png"), "--model", "bicubic") == 0
+    out = cv2.imread(str(tmp_path / "out.png"))
+    assert out.shape[:2] == (160, 80), "upright, as a viewer shows it: portrait"
+    bgra = np.dstack([np.full((16, 16, 3), 90, np.uint8), np.full((16, 16), 255, np.uint8)])
+    assert cv2.imwrite(str(tmp_path / "opaque.bmp"), bgra)
+    assert cli(str(tmp_path / "opaque.bmp"), "-o", str(tmp_path / "opaque_out.bmp"), "--model", "bicubic") == 0
