@@ -44,8 +44,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as f:
+            with contextlib.suppress(OSError):  # a file system without modes (vfat, some CIFS) keeps its own
+                os.fchmod(f.fileno(), new_file_mode())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -67,7 +68,10 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written for {path}")
-        os.chmod(tmp, new_file_mode())
+        with open(tmp, "rb+") as f:  # on disk before the rename, so a crash cannot leave it empty under `path`
+            os.fsync(f.fileno())
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):  # a read-only folder: nothing to clean, and no second error
