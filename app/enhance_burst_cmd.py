@@ -109,11 +109,10 @@ def enhance_burst(args: argparse.Namespace) -> str:
     spec = args.inputs[0] if len(args.inputs) == 1 else args.inputs
     try:
         # every file is read, so one message can name every bad one (unreadable and mismatched)
-        loaded = load_burst(spec, on_mismatch="exclude")
-    except FileNotFoundError as exc:
+        loaded = load_burst(spec, on_mismatch="exclude", reference=_reference(args.reference))
+    except (FileNotFoundError, ValueError) as exc:
         raise BurstCommandError(str(exc)) from exc
-    mismatched = [e for e in loaded.errors if "first good frame" in e.reason]
-    if mismatched and args.on_mismatch == "raise":
+    if loaded.mismatched and args.on_mismatch == "raise":
         listed = "; ".join(f"{e.path.name}: {e.reason}" for e in loaded.errors)
         raise BurstCommandError(f"{len(loaded.errors)} of {len(loaded.errors) + len(loaded.frames)} files cannot join "
                                 f"the burst: {listed}. Keep one camera mode per burst, or leave the odd frames "
@@ -130,7 +129,7 @@ def enhance_burst(args: argparse.Namespace) -> str:
     _check_output(args.output, [Path(p) for p in loaded.paths])
     merge_kw = {k: v for k, v in (("strength", args.strength), ("spatial", args.spatial)) if v is not None}
     try:
-        cfg = BurstConfig(reference=_reference(args.reference), align=AlignConfig(method=args.aligner),
+        cfg = BurstConfig(reference=loaded.reference, align=AlignConfig(method=args.aligner),
                           merge=MergeConfig(method=args.merge, **merge_kw),
                           lens="raw" if args.lens == "raw" else "off", lens_estimate=args.estimate_ca,
                           on_mismatch=args.on_mismatch, noise=args.noise)

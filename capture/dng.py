@@ -69,7 +69,7 @@ class BurstMismatch(CaptureError):
         self.differences = differences
         listed = "; ".join(f"{p.name}: {why}" for p, why in differences)
         super().__init__(
-            f"burst frames differ from the first good frame {reference}: {listed}. Keep one camera mode per "
+            f"burst frames differ from the reference frame {reference}: {listed}. Keep one camera mode per "
             f"burst folder, or pass on_mismatch='exclude' to skip the odd frames."
         )
 
@@ -451,11 +451,15 @@ class SkippedFile:
 
 @dataclass(frozen=True)
 class BurstLoad:
-    """What load_burst got: good frames (with the file each came from) and the files it skipped."""
+    """What load_burst got: good frames (with the file each came from) and the files it skipped
+    (`errors`: unreadable and mismatched; `mismatched`: those of them that differ from the
+    reference frame)."""
 
     frames: list[Frame]
     paths: list[Path]
     errors: list[SkippedFile] = field(default_factory=list)
+    mismatched: list[SkippedFile] = field(default_factory=list)
+    reference: int = 0  # the reference frame's index in `frames`
 
 
 def natural_key(path: str | os.PathLike) -> tuple:
@@ -477,14 +481,17 @@ def find_dngs(pattern: str | os.PathLike) -> list[Path]:
 
 
 def load_burst(
-    paths_or_glob: str | os.PathLike | Sequence[str | os.PathLike], on_mismatch: str = "raise"
+    paths_or_glob: str | os.PathLike | Sequence[str | os.PathLike], on_mismatch: str = "raise",
+    reference: str | int = "first",
 ) -> BurstLoad:
     """Read a burst of DNGs: a folder, a glob (sorted naturally), or a list of paths (kept in order).
 
     Corrupt or truncated files are skipped and listed in `errors` with the reason; the others load.
-    Frames whose size, pixel format or CFA pattern differ from the first good frame raise
+    Frames whose size, pixel format or CFA pattern differ from the reference frame (`reference`:
+    "first", "newest", or an index into the files given, counting unreadable ones too) raise
     BurstMismatch naming every odd file (on_mismatch="raise"), or are skipped and listed in `errors`
-    (on_mismatch="exclude"). Raises FileNotFoundError when nothing matches.
+    (on_mismatch="exclude"). Raises FileNotFoundError when nothing matches, and ValueError for a
+    reference index outside the files or on an unreadable one.
     """
     if on_mismatch not in ("raise", "exclude"):
         raise ValueError(f"on_mismatch must be 'raise' or 'exclude', got {on_mismatch!r}")
@@ -497,26 +504,42 @@ def load_burst(
     if not paths:
         raise FileNotFoundError(f"no DNG files match {what}; give a folder of .dng files, a glob such as "
                                 f"'burst/*.dng', or a list of paths")
-    frames: list[Frame] = []
-    used: list[Path] = []
+    read: list[tuple[Path, Frame]] = []
     errors: list[SkippedFile] = []
-    odd: list[tuple[Path, str]] = []
     for path in paths:
         try:
-            frame = read_dng(path, seq=len(frames))
+            read.append((path, read_dng(path)))
         except DngError as exc:
             errors.append(SkippedFile(path, exc.reason))
-            continue
-        why = _difference(frame, frames[0]) if frames else None
+    if not read:
+        return BurstLoad([], [], errors)
+    if reference == "first":
+        ref_path, ref = read[0]
+    elif reference == "newest":
+        ref_path, ref = read[-1]
+    else:
+        if not -len(paths) <= int(reference) < len(paths):
+            raise ValueError(f"reference frame {reference} is outside the {len(paths)} files (0..{len(paths) - 1})")
+        ref_path = paths[int(reference)]
+        found = [f for p, f in read if p == ref_path]
+        if not found:
+            raise ValueError(f"the reference frame {ref_path} could not be read; choose another --reference")
+        ref = found[0]
+    frames: list[Frame] = []
+    used: list[Path] = []
+    odd: list[tuple[Path, str]] = []
+    mismatched: list[SkippedFile] = []
+    for path, frame in read:
+        why = _difference(frame, ref)
         if why:
             odd.append((path, why))
-            errors.append(SkippedFile(path, f"{why} (first good frame: {used[0].name})"))
+            mismatched.append(SkippedFile(path, f"{why} (reference frame: {ref_path.name})"))
             continue
-        frames.append(frame)
+        frames.append(dataclasses.replace(frame, seq=len(frames)))
         used.append(path)
     if odd and on_mismatch == "raise":
-        raise BurstMismatch(used[0], odd)
-    return BurstLoad(frames, used, errors)
+        raise BurstMismatch(ref_path, odd)
+    return BurstLoad(frames, used, errors + mismatched, mismatched, used.index(ref_path))
 
 
 def _difference(frame: Frame, ref: Frame) -> str | None:

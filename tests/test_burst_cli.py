@@ -142,3 +142,18 @@ def test_enhance_burst_refines_with_the_bundled_teacher_and_regressor(tmp_path, 
         assert got.pixels.shape == (100, 136)
         err = lambda path: np.sqrt(np.mean((normalise(read_dng(path).pixels, read_dng(path).raw) - b.clean[0]) ** 2))
         assert err(out) < 1.1 * err(merged_only), refine  # the refinement keeps the merge's quality (gain 4)
+
+
+def test_frames_are_matched_against_the_reference_chosen_not_the_first_file(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_dng(folder / "a_odd.dng", burst_frames(burst(1, size=(32, 32)))[0])  # the first file, of another size
+    write_burst(folder, burst_frames(burst(5, gain=2, size=(64, 48), seed=3)), name="b_{}.dng")
+    out = tmp_path / "m.dng"
+    assert main(["enhance-burst", str(folder), "-o", str(out), "--reference", "newest", "--on-mismatch", "exclude"]) == 0
+    said = capsys.readouterr()
+    assert "5 of 5 frames merged into b_4.dng" in said.out  # not a burst of the odd first file alone
+    assert "a_odd.dng: size 32x32 vs 64x48 (reference frame: b_4.dng)" in said.err
+    assert read_dng(out).pixels.shape == (48, 64)
+    assert main(["enhance-burst", str(folder), "-o", str(out), "--reference", "9"]) == 1
+    assert "outside the 6 files" in capsys.readouterr().err
