@@ -116,16 +116,24 @@ def load_pairs(raw_dir: Path, teacher_dir: Path, scale: int, min_size: int) -> l
     return pairs
 
 
-def clean_validation_set(data: Path, n: int, crop: int, scale: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
-    """BSDS500/val centre crops, each degraded by a fixed draw of the protocol (the same every epoch)."""
-    paths = list_images(data / "BSDS500" / "val")[:n]
+def validation_crops(data: Path, n: int, crop: int) -> list[np.ndarray]:
+    """Centre crops (side a multiple of 8, at most crop) of the first n BSDS500/val images, uint8 (H, W, 3).
+    Validation degrades crop i with np.random.default_rng(10_000 + i), the same draw every epoch and run."""
+    paths = list_images(Path(data) / "BSDS500" / "val")[:n]
     if not paths:
-        raise TrainingDataError(f"no validation images under {data}/BSDS500/val")
-    out = []
-    for i, img in enumerate(load_images(paths, "validation")):
+        raise TrainingDataError(f"no validation images under {data}/BSDS500/val; pass --data with the shared data folder")
+    crops = []
+    for img in load_images(paths, "validation"):
         h, w = img.shape[:2]
         c = min(crop, h, w) // 8 * 8
-        hr = np.ascontiguousarray(img[(h - c) // 2:(h - c) // 2 + c, (w - c) // 2:(w - c) // 2 + c])
+        crops.append(np.ascontiguousarray(img[(h - c) // 2:(h - c) // 2 + c, (w - c) // 2:(w - c) // 2 + c]))
+    return crops
+
+
+def clean_validation_set(data: Path, n: int, crop: int, scale: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
+    """BSDS500/val centre crops, each degraded by a fixed draw of the protocol (the same every epoch)."""
+    out = []
+    for i, hr in enumerate(validation_crops(data, n, crop)):
         rng = np.random.default_rng(10_000 + i)
         out.append((degrade_webcam(hr, sample_webcam_params(rng, WebcamDegradation(scale=scale)), rng), hr))
     return out

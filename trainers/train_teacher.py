@@ -39,7 +39,7 @@ from trainers.models.nafssr import NAFSSR
 from trainers.teacher import ARCHS, to_image, to_tensor
 from trainers.teacher_tasks import TASK_NAMES, TaskSpec, cc15_pairs, check_task, degrade, kodak_task_set
 from trainers.tiling import run_tiled
-from trainers.student_data import DEFAULT_DATA, TrainingDataError, clean_training_images, list_images, load_images
+from trainers.student_data import DEFAULT_DATA, TrainingDataError, clean_training_images, validation_crops
 from trainers.student_data import to_tensor as batch_to_tensor
 from trainers.train_student import REPO, append_log, learning_rate, psnr_t, save_checkpoint, truncate_log
 
@@ -158,16 +158,8 @@ class TaskBatches:
 def validation_set(data: Path, task: str, n: int, crop: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """[(input, clean target)] uint8: centre crops of the first n BSDS500/val images, each degraded by
     a fixed draw (the same every epoch and every run)."""
-    paths = list_images(Path(data) / "BSDS500" / "val")[:n]
-    if not paths:
-        raise TrainingDataError(f"no validation images under {data}/BSDS500/val; pass --data with the shared data folder")
-    out = []
-    for i, img in enumerate(load_images(paths, "validation")):
-        h, w = img.shape[:2]
-        c = min(crop, h, w) // 8 * 8
-        clean = np.ascontiguousarray(img[(h - c) // 2:(h - c) // 2 + c, (w - c) // 2:(w - c) // 2 + c])
-        out.append((degrade(task, clean, np.random.default_rng(10_000 + i)), clean))
-    return out
+    return [(degrade(task, clean, np.random.default_rng(10_000 + i)), clean)
+            for i, clean in enumerate(validation_crops(data, n, crop))]
 
 
 @torch.no_grad()
