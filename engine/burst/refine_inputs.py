@@ -66,13 +66,13 @@ def lens_maps_latent(lens: LensModel, pattern: str, lh: int, lw: int) -> np.ndar
         out[0] = 1.0 / np.maximum(vignette_gain(lens.vignette, lens.centre, height, width, xs - 0.5, ys - 0.5), 1e-6)
     if lens.has_warp:
         colours = list(colour_index(pattern))
+        gx, gy = warp_source(lens.warp[1], lens.centre, height, width, xs, ys)
+        cx, cy = lens.centre[0] * width, lens.centre[1] * height
+        r = np.hypot(xs - cx, ys - cy)
         for k, colour in ((1, 0), (2, 2)):  # R, B
             if colour not in colours:
                 continue
             sx, sy = warp_source(lens.warp[colour], lens.centre, height, width, xs, ys)
-            gx, gy = warp_source(lens.warp[1], lens.centre, height, width, xs, ys)
-            cx, cy = lens.centre[0] * width, lens.centre[1] * height
-            r = np.hypot(xs - cx, ys - cy)
             radial = ((sx - gx) * (xs - cx) + (sy - gy) * (ys - cy)) / np.maximum(r, 1e-6)
             out[k] = radial / 2.0  # mosaic pixels -> plane pixels
     return out
